@@ -1,0 +1,23 @@
+"""User-facing errors: one line on stderr and a non-zero exit, never a traceback."""
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad file, bad key, missing checkpoint). Printed as `error: <message>`."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a script's main(); turn a UserError into `error: ...` on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
