@@ -1,0 +1,111 @@
+"""Checkpoints and run logs.
+
+A checkpoint directory (`OUTPUT_DIR/step_N/` or `OUTPUT_DIR/final/`) holds the model and tokenizer in
+Hugging Face format, the resolved config, the training state (optimizer, scheduler, step, RNG) and a run
+summary. It is written to a temporary directory and renamed into place, so a crash never leaves half a
+checkpoint, and a run refuses to start in a directory that already holds checkpoints, so no run ever
+overwrites an earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from mathrl.config import save_config
+from mathrl.errors import UserError
+
+TRAINING_STATE_NAME = "training_state.pt"
+SUMMARY_NAME = "summary.json"
+METRICS_NAME = "metrics.jsonl"
+
+
+def prepare_output_dir(output_dir: str | Path) -> Path:
+    """Create the run directory; refuse one that already holds an earlier run's checkpoints or metrics."""
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        earlier = sorted(p.name for p in output_dir.iterdir() if p.name == "final" or p.name.startswith("step_"))
+        if earlier or (output_dir / METRICS_NAME).exists():
+            what = ", ".join(earlier[:3]) or METRICS_NAME
+            raise UserError(
+                f"{output_dir} already holds an earlier run ({what}); nothing was overwritten. "
+                f"Pass another --output_dir, or move that directory away first"
+            )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
+                    training_state: dict | None = None, summary: dict | None = None) -> Path:
+    """Write `output_dir/name/` atomically: HF model + tokenizer, config.yaml, training_state.pt, summary.json."""
+    target = Path(output_dir) / name
+    if target.exists():
+        raise UserError(f"{target} already exists; refusing to overwrite a checkpoint")
+    tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    save_config(config, tmp)
+    if training_state is not None:
+        torch.save({**training_state, "rng": rng_state()}, tmp / TRAINING_STATE_NAME)
+    if summary is not None:
+        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line, flushed as written so a crashed run keeps its curve."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = self.path.open("a")
+
+    def log(self, record: dict) -> None:
+        clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class RunClock:
+    """Wall time, tokens seen and peak memory for a run's summary.json."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.tokens = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def summary(self, **extra) -> dict:
+        return {"wall_time_s": round(self.elapsed(), 3), "tokens_seen": self.tokens,
+                "peak_memory_mb": round(peak_memory_mb(), 1), **extra}
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory if on CUDA, else the process's peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1,0 +1,150 @@
+"""Models and tokenizers: a hub id, a local Hugging Face directory, or the built-in tiny model.
+
+The built-in tiny model ("builtin:tiny") is a Llama-architecture `LlamaForCausalLM` with a character-level
+tokenizer, built from a seed and saved with `save_pretrained` under checkpoints/builtin/, so it is loaded
+through exactly the same `from_pretrained` path as TinyLlama-1.1B-Chat.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from mathrl.errors import UserError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "builtin"
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+# Role markers use only printable ASCII, so the character vocabulary covers the chat format too.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_char_tokenizer():
+    """A character-level tokenizer (printable ASCII + specials) built with the `tokenizers` library."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values())
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    # A BPE model without merges splits text into single characters.
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL_TOKENS["unk_token"]))
+    core.decoder = decoders.Fuse()
+    bos = SPECIAL_TOKENS["bos_token"]
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(config: dict, vocab_size: int, special_ids: dict):
+    """A seeded, randomly initialised LlamaForCausalLM of the shape given by the tiny_* config keys."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=config["tiny_hidden_size"],
+        intermediate_size=config["tiny_intermediate_size"],
+        num_hidden_layers=config["tiny_num_layers"],
+        num_attention_heads=config["tiny_num_heads"],
+        num_key_value_heads=config["tiny_num_heads"],
+        max_position_embeddings=max(256, config["max_prompt_length"] + config["max_completion_length"]),
+        tie_word_embeddings=True,
+        **special_ids,
+    )
+    torch.manual_seed(config["seed"])
+    return LlamaForCausalLM(model_config)
+
+
+def builtin_model_dir(config: dict) -> Path:
+    """Write the built-in tiny model (once per shape and seed) and return its directory."""
+    name = config["model_name"][len(BUILTIN_PREFIX):]
+    if name != "tiny":
+        raise UserError(f'model_name "{config["model_name"]}": the only built-in model is "builtin:tiny"')
+    shape = "h{tiny_hidden_size}-l{tiny_num_layers}-a{tiny_num_heads}-f{tiny_intermediate_size}".format(**config)
+    target = BUILTIN_DIR / f"tiny-{shape}-ctx{config['max_prompt_length'] + config['max_completion_length']}" \
+                           f"-seed{config['seed']}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = build_char_tokenizer()
+    special_ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    model = build_tiny_model(config, len(tokenizer), special_ids)
+    # Written to a temporary directory and renamed, so concurrent or interrupted runs never see half a model.
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race: its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str, config: dict) -> str:
+    """A path or hub id that `from_pretrained` can load."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return str(builtin_model_dir({**config, "model_name": name_or_path}))
+    return name_or_path
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # Llama tokenizers ship without one; pad positions are always masked
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def _looks_local(path: str) -> bool:
+    """A hub id is exactly `org/name`; anything else, or a path whose first folder exists here, is local."""
+    return path.startswith((".", "/", "~")) or path.count("/") != 1 or Path(path.split("/")[0]).is_dir()
+
+
+def load_model_and_tokenizer(name_or_path: str, config: dict):
+    """Load (model, tokenizer) in fp32; mixed precision is applied by the Accelerator, not by the weights."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path, config)
+    if not Path(path).exists() and _looks_local(path):
+        raise UserError(f"{path}: checkpoint directory not found")
+    try:
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as err:
+        if Path(path).is_dir():
+            raise UserError(f"{path}: not a loadable Hugging Face model directory ({str(err).splitlines()[0]})") \
+                from None
+        raise UserError(
+            f'cannot load model "{path}": it is not a local directory and the Hugging Face hub is unreachable '
+            f"from here. Download it elsewhere and pass its directory (--model_name DIR), or run the built-in "
+            f"tiny model: --config configs/tiny.yaml"
+        ) from None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def make_accelerator(config: dict, gradient_accumulation_steps: int = 1) -> Accelerator:
+    """Device placement and mixed precision (bf16 on a capable GPU, fp32 on CPU) from the config."""
+    precision = config["mixed_precision"]
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if precision not in ("no", "bf16", "fp16"):
+        raise UserError(f'mixed_precision "{precision}": expected auto, no, bf16 or fp16')
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps)

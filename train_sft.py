@@ -1,0 +1,162 @@
+"""Supervised fine-tuning on arithmetic problems (paper section 3.2).
+
+    python train_sft.py --config configs/tiny.yaml          # built-in tiny model, CPU, minutes
+    python train_sft.py                                      # the paper's TinyLlama-1.1B-Chat run (GPU)
+    python train_sft.py --learning_rate 1e-4 --num_epochs 1 --output_dir runs/try1
+
+Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/eval_samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/
+(Hugging Face model + tokenizer, resolved config, training state, run summary).
+
+How this departs from the paper:
+- The loss covers the answer tokens and a trailing EOS only (prompt and padding masked), so the model learns
+  to stop after the answer; the paper's reference code trained on the whole sequence and never trained EOS.
+  `--loss_on all` restores the whole-sequence loss (EOS is still appended).
+- Prompt and answer are tokenized separately (mathrl/prompts.py) and the prompt is formatted with the chat
+  template for chat models (`prompt_format: chat`); `plain` is the paper's `prompt + " " + answer`.
+- Cosine schedule with optional warmup, gradient accumulation and mixed precision through accelerate; held-out
+  greedy accuracy is measured during training, not only at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup, set_seed
+
+from mathrl.checkpoint import METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_checkpoint
+from mathrl.config import parse_args
+from mathrl.data import load_jsonl
+from mathrl.errors import UserError, run_cli
+from mathrl.generation import greedy_accuracy
+from mathrl.modeling import load_model_and_tokenizer, make_accelerator
+from mathrl.prompts import encode_example
+from mathrl.rl_math import sft_labels
+
+NUM_EVAL_SAMPLES_LOGGED = 8
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, loss_on: str) -> dict[str, torch.Tensor]:
+    """Right-pad (prompt, completion) id pairs; labels mask the prompt (unless loss_on=all) and padding."""
+    sequences = [p + c for p, c in batch]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention_mask[row, : len(seq)] = 1
+    prompt_lengths = [len(p) for p, _ in batch]
+    labels = sft_labels(prompt_lengths, input_ids, attention_mask, train_on_prompt=(loss_on == "all"))  # [B, T]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def build_train_loader(examples, tokenizer, config) -> DataLoader:
+    if config["loss_on"] not in ("completion", "all"):
+        raise UserError(f'loss_on "{config["loss_on"]}": expected completion or all')
+    encoded = [encode_example(tokenizer, e, config) for e in examples]
+    generator = torch.Generator().manual_seed(config["seed"])
+    return DataLoader(encoded, batch_size=config["batch_size"], shuffle=True, generator=generator,
+                      collate_fn=lambda b: collate(b, tokenizer.pad_token_id, config["loss_on"]))
+
+
+def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, step, epoch) -> float:
+    """Greedy accuracy on each eval set, logged to metrics.jsonl; a few completions kept for reading."""
+    start, record = time.perf_counter(), {"step": step, "epoch": round(epoch, 3)}
+    for name, examples in eval_sets.items():
+        result = greedy_accuracy(model, tokenizer, examples, config)
+        record[f"{name}_accuracy"] = result["accuracy"]
+        record[f"{name}_completion_tokens"] = result["mean_completion_tokens"]
+        for p in result["predictions"][:NUM_EVAL_SAMPLES_LOGGED]:
+            samples_log.log({"step": step, "eval_set": name, **p})
+    record["eval_seconds"] = time.perf_counter() - start
+    metrics.log(record)
+    return record["eval_accuracy"]
+
+
+def main() -> None:
+    # ---- config ---------------------------------------------------------------------------------------
+    args, config = parse_args("sft", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    set_seed(config["seed"])
+    output_dir = prepare_output_dir(config["output_dir"])
+
+    # ---- model, tokenizer, data ---------------------------------------------------------------------
+    accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
+    model, tokenizer = load_model_and_tokenizer(config["model_name"], config)
+    train_loader = build_train_loader(load_jsonl(config["train_file"]), tokenizer, config)
+    eval_sets = {"eval": load_jsonl(config["eval_file"])}
+    if config["ood_eval_file"]:
+        eval_sets["ood"] = load_jsonl(config["ood_eval_file"])
+
+    # ---- optimizer and schedule ---------------------------------------------------------------------
+    steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
+    total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
+                                  weight_decay=config["weight_decay"])
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+
+    # ---- train ----------------------------------------------------------------------------------------
+    metrics = MetricsLog(output_dir / METRICS_NAME)
+    samples_log = MetricsLog(output_dir / "eval_samples.jsonl")
+    clock, step, window_tokens, window_start = RunClock(), 0, 0, time.perf_counter()
+    eval_every = config["eval_every"] or steps_per_epoch
+    unwrapped = accelerator.unwrap_model(model)
+    progress = tqdm(total=total_steps, desc="sft", dynamic_ncols=True)
+    model.train()
+    while step < total_steps:
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config["max_grad_norm"]) \
+                    if accelerator.sync_gradients else None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            batch_tokens = int(batch["attention_mask"].sum())
+            window_tokens += batch_tokens
+            clock.tokens += batch_tokens
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            epoch = step / steps_per_epoch
+            if step % config["log_every"] == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics.log({"step": step, "epoch": round(epoch, 3), "loss": loss.item(),
+                             "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                             "tokens_per_s": window_tokens / elapsed, "elapsed_s": clock.elapsed()})
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+                window_tokens, window_start = 0, time.perf_counter()
+            if step % eval_every == 0 or step == total_steps:
+                accuracy = evaluate_and_log(unwrapped, tokenizer, eval_sets, config, metrics, samples_log,
+                                            step, epoch)
+                progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
+                window_start = time.perf_counter()  # evaluation time is not training throughput
+            if config["save_every"] and step % config["save_every"] == 0 and step < total_steps:
+                save_checkpoint(output_dir, f"step_{step}", unwrapped, tokenizer, config,
+                                training_state(optimizer, scheduler, step), clock.summary(step=step))
+            if step >= total_steps:
+                break
+    progress.close()
+
+    # ---- save -----------------------------------------------------------------------------------------
+    summary = clock.summary(step=step, final_eval_accuracy=accuracy)
+    final = save_checkpoint(output_dir, "final", unwrapped, tokenizer, config,
+                            training_state(optimizer, scheduler, step), summary)
+    metrics.close()
+    samples_log.close()
+    print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps, "
+          f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
+
+
+def training_state(optimizer, scheduler, step: int) -> dict:
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+
+
+if __name__ == "__main__":
+    run_cli(main)
