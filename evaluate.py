@@ -19,22 +19,16 @@ import argparse
 import json
 from pathlib import Path
 
-from mathrl.config import load_saved_config, parse_args
+from mathrl.config import for_checkpoint, parse_args
 from mathrl.data import OPS, load_jsonl
-from mathrl.errors import UserError, run_cli
+from mathrl.errors import run_cli
 from mathrl.generation import greedy_accuracy
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 
 
-def checkpoint_config(config: dict, ckpt: str) -> dict:
-    """The run config, prompted the way this checkpoint was trained (its saved prompt_format wins)."""
-    saved = load_saved_config(ckpt) if Path(ckpt).is_dir() else {}
-    return {**config, "prompt_format": saved.get("prompt_format", config["prompt_format"])}
-
-
 def evaluate_checkpoint(ckpt: str, eval_files: list[str], config: dict, accelerator) -> list[dict]:
     """One result dict per eval file (predictions included)."""
-    config = checkpoint_config(config, ckpt)
+    config = for_checkpoint(config, ckpt)
     model, tokenizer = load_model_and_tokenizer(ckpt, config)
     model = model.to(accelerator.device)
     results = []

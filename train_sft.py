@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, set_seed
 
-from mathrl.checkpoint import METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_checkpoint
+from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_checkpoint,
+                               training_state)
 from mathrl.config import parse_args
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
-from mathrl.generation import greedy_accuracy
+from mathrl.generation import evaluate_sets, load_eval_sets
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 from mathrl.prompts import encode_example
 from mathrl.rl_math import sft_labels
@@ -65,15 +66,11 @@ def build_train_loader(examples, tokenizer, config) -> DataLoader:
 
 def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, step, epoch) -> float:
     """Greedy accuracy on each eval set, logged to metrics.jsonl; a few completions kept for reading."""
-    start, record = time.perf_counter(), {"step": step, "epoch": round(epoch, 3)}
-    for name, examples in eval_sets.items():
-        result = greedy_accuracy(model, tokenizer, examples, config)
-        record[f"{name}_accuracy"] = result["accuracy"]
-        record[f"{name}_completion_tokens"] = result["mean_completion_tokens"]
+    record, results = evaluate_sets(model, tokenizer, eval_sets, config)
+    metrics.log({"step": step, "epoch": round(epoch, 3), **record})
+    for name, result in results.items():
         for p in result["predictions"][:NUM_EVAL_SAMPLES_LOGGED]:
             samples_log.log({"step": step, "eval_set": name, **p})
-    record["eval_seconds"] = time.perf_counter() - start
-    metrics.log(record)
     return record["eval_accuracy"]
 
 
@@ -87,9 +84,7 @@ def main() -> None:
     accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
     model, tokenizer = load_model_and_tokenizer(config["model_name"], config)
     train_loader = build_train_loader(load_jsonl(config["train_file"]), tokenizer, config)
-    eval_sets = {"eval": load_jsonl(config["eval_file"])}
-    if config["ood_eval_file"]:
-        eval_sets["ood"] = load_jsonl(config["ood_eval_file"])
+    eval_sets = load_eval_sets(config)
 
     # ---- optimizer and schedule ---------------------------------------------------------------------
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
@@ -152,10 +147,6 @@ def main() -> None:
     samples_log.close()
     print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps, "
           f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
-
-
-def training_state(optimizer, scheduler, step: int) -> dict:
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mathrl.config import parse_args
+from mathrl.config import for_checkpoint, parse_args
 from mathrl.generation import complete
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 from reward_model import extract_answer
@@ -33,8 +33,6 @@ def answer_prompts(model, tokenizer, prompts: list[str], config: dict, args) -> 
 
 def run_inference(default_ckpt: str, description: str) -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    from evaluate import checkpoint_config  # one rule for the prompt format a checkpoint expects
-
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("prompts", nargs="*", help='e.g. "What is 7 * 8? Answer with an integer."')
     parser.add_argument("--ckpt", default=default_ckpt, metavar="DIR", help=f"default: {default_ckpt}")
@@ -42,7 +40,7 @@ def run_inference(default_ckpt: str, description: str) -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top_p", type=float, default=0.9)
     args, config = parse_args("evaluate", parser)
-    config = checkpoint_config(config, args.ckpt)
+    config = for_checkpoint(config, args.ckpt)
 
     # ---- model ----------------------------------------------------------------------------------------
     model, tokenizer = load_model_and_tokenizer(args.ckpt, config)

@@ -48,6 +48,11 @@ def rng_state() -> dict:
     return state
 
 
+def training_state(optimizer, scheduler, step: int) -> dict:
+    """What resuming would need besides the weights (RNG state is added by save_checkpoint)."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+
+
 def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
                     training_state: dict | None = None, summary: dict | None = None) -> Path:
     """Write `output_dir/name/` atomically: HF model + tokenizer, config.yaml, training_state.pt, summary.json."""

@@ -170,6 +170,16 @@ def load_saved_config(directory: str | Path) -> dict:
     return read_yaml(path) if path.is_file() else {}
 
 
+def for_checkpoint(config: dict, ckpt: str) -> dict:
+    """The config, with the prompt_format this checkpoint was trained with (from its saved config.yaml).
+
+    Prompting a model in another format than it was trained in is a silent train/eval mismatch, so the
+    checkpoint's own format always wins; a hub model or the untrained built-in one keeps the config's.
+    """
+    saved = load_saved_config(ckpt) if Path(ckpt).is_dir() else {}
+    return {**config, "prompt_format": saved.get("prompt_format", config["prompt_format"])}
+
+
 def parse_args(section: str, parser, argv: list[str] | None = None):
     """Parse a script's own flags with `parser`, and every other `--KEY VALUE` as a config override.
 

@@ -6,12 +6,13 @@ read off the generated ids, never by re-tokenizing text, and scored by the rewar
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import torch
 from transformers import GenerationConfig
 
-from mathrl.data import operation_of
+from mathrl.data import load_jsonl, operation_of
 from mathrl.prompts import prompt_ids
 from reward_model import extract_answer
 
@@ -106,3 +107,22 @@ def greedy_accuracy(model, tokenizer, examples: list[dict], config: dict, batch_
         "per_operation": {op: sum(v) / len(v) for op, v in sorted(by_op.items())},
         "predictions": predictions,
     }
+
+
+def load_eval_sets(config: dict) -> dict[str, list[dict]]:
+    """The held-out set ("eval") and, when configured, the out-of-distribution set ("ood")."""
+    eval_sets = {"eval": load_jsonl(config["eval_file"])}
+    if config["ood_eval_file"]:
+        eval_sets["ood"] = load_jsonl(config["ood_eval_file"])
+    return eval_sets
+
+
+def evaluate_sets(model, tokenizer, eval_sets: dict[str, list[dict]], config: dict) -> tuple[dict, dict]:
+    """Greedy accuracy on each set: a flat metrics record ({name}_accuracy, ...) and the full results."""
+    start, record, results = time.perf_counter(), {}, {}
+    for name, examples in eval_sets.items():
+        results[name] = greedy_accuracy(model, tokenizer, examples, config)
+        record[f"{name}_accuracy"] = results[name]["accuracy"]
+        record[f"{name}_completion_tokens"] = results[name]["mean_completion_tokens"]
+    record["eval_seconds"] = time.perf_counter() - start
+    return record, results

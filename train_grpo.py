@@ -1,0 +1,259 @@
+"""Group-Relative Policy Optimization on arithmetic problems (paper section 3.3).
+
+    python train_grpo.py --config configs/tiny.yaml --init_from checkpoints/tiny/sft/final   # SFT -> GRPO
+    python train_grpo.py --config configs/tiny.yaml                                          # GRPO from scratch
+    python train_grpo.py                                              # the paper's TinyLlama run (GPU)
+    python train_grpo.py --advantage_mode grpo --loss_type clipped --kl_estimator k3 --num_iterations 2
+
+Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
+score them with the rule-based reward (reward_model.py); turn rewards into group-relative advantages; take
+`num_iterations` gradient steps on the GRPO loss (mathrl/rl_math.py). Writes OUTPUT_DIR/metrics.jsonl,
+OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like train_sft.py.
+
+How this departs from the paper's reference code:
+- Log-probs are computed from the generated ids, never by re-tokenizing decoded text, with logits at
+  position t scoring token t+1 (the reference code was off by one), masked to the completion up to and
+  including its first EOS (so the model learns when to stop). Position ids follow the left padding exactly as
+  in generation, and logits are divided by the sampling temperature, so the log-probs are those of the policy
+  that sampled the completions.
+- The paper's loss is -A * (sequence log-prob) + kl_coeff * squared log-ratio, applied per token here
+  (see mathrl/rl_math.py); `loss_type clipped`, `advantage_mode grpo|dr_grpo`, `kl_estimator k3` and the
+  aggregation choices give DeepSeekMath GRPO, Dr. GRPO and DAPO-style variants from the same code.
+- The paper's `gamma` key is kept in config.yaml but has no effect: an episode is a single completion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup, set_seed
+
+from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_checkpoint,
+                               training_state)
+from mathrl.config import for_checkpoint, parse_args
+from mathrl.data import load_jsonl
+from mathrl.errors import UserError, run_cli
+from mathrl.generation import evaluate_sets, generate_ids, generation_config, load_eval_sets
+from mathrl.modeling import load_model_and_tokenizer, make_accelerator
+from mathrl.prompts import prompt_ids
+from mathrl.rl_math import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_logprobs,
+                            completion_mask, group_advantages, grpo_loss)
+from reward_model import MathRewardModel
+
+NUM_SAMPLES_LOGGED = 4
+
+
+@dataclass
+class Rollout:
+    """One step's generations, laid out group by group (prompt i owns rows i*G .. i*G+G-1)."""
+    sequences: torch.Tensor       # [N, P+L] prompt (left-padded) + completion ids
+    attention_mask: torch.Tensor  # [N, P+L] 1 on prompt tokens and completion tokens up to the first EOS
+    prompt_width: int             # P
+    mask: torch.Tensor            # [N, L] completion tokens that are trained (up to and incl. first EOS)
+    texts: list[str]              # decoded completions (for the reward only; never re-tokenized)
+    seconds: float                # wall time of generation
+
+
+def validate(config: dict) -> None:
+    choices = {"advantage_mode": ADVANTAGE_MODES, "loss_type": LOSS_TYPES, "kl_estimator": KL_ESTIMATORS,
+               "loss_aggregation": AGGREGATIONS}
+    for key, valid in choices.items():
+        if config[key] not in valid:
+            raise UserError(f'{key} "{config[key]}": expected one of {", ".join(valid)}')
+    if config["num_iterations"] < 1:
+        raise UserError("num_iterations must be >= 1")
+    if config["num_iterations"] > 1 and config["loss_type"] != "clipped":
+        raise UserError("num_iterations > 1 reuses stale samples and needs --loss_type clipped")
+    if config["group_size"] < 2:
+        raise UserError("group_size must be >= 2: advantages are relative to the other completions of a prompt")
+
+
+def prompt_batches(examples: list[dict], batch_size: int, seed: int):
+    """Endless seeded stream of prompt batches, reshuffled every pass over the training set."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield [examples[i] for i in order[start:start + batch_size]]
+
+
+def rollout(model, tokenizer, batch: list[dict], config: dict, gen_config) -> Rollout:
+    """Generate group_size completions for every prompt of the batch in one generate call."""
+    start = time.perf_counter()
+    prompts = [prompt_ids(tokenizer, e["prompt"], config["prompt_format"], config["max_prompt_length"])
+               for e in batch]
+    model.eval()
+    sequences, width = generate_ids(model, tokenizer, prompts, gen_config, config["group_size"])  # [N, P+L]
+    sequences = sequences.clone()  # leave inference mode: autograd must be allowed to see these ids
+    model.train()
+    completions = sequences[:, width:]  # [N, L]
+    mask = completion_mask(completions, tokenizer.eos_token_id)  # [N, L]
+    # Prompt attention comes from the prompt lengths, not from `!= pad_id`: pad may equal a real token (EOS).
+    lengths = torch.tensor([len(p) for p in prompts], device=sequences.device).repeat_interleave(
+        config["group_size"])  # [N]
+    positions = torch.arange(width, device=sequences.device)  # [P]
+    prompt_attention = (positions.unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()  # [N, P]
+    attention_mask = torch.cat([prompt_attention, mask.long()], dim=1)  # [N, P+L]
+    texts = tokenizer.batch_decode(completions * mask.long() + tokenizer.pad_token_id * (1 - mask.long()),
+                                   skip_special_tokens=True)
+    return Rollout(sequences, attention_mask, width, mask, texts, time.perf_counter() - start)
+
+
+def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them."""
+    position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+L] as generate() builds them
+    num_completion = rollout.sequences.shape[1] - rollout.prompt_width
+    # Only the logits that score completion tokens are computed (positions P-1 .. P+L-2, plus the last one).
+    logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask, position_ids=position_ids,
+                   logits_to_keep=num_completion + 1, use_cache=False).logits  # [N, L+1, V]
+    logits = logits / temperature
+    window = rollout.sequences[:, -(num_completion + 1):]  # [N, L+1] token before the completion + completion
+    return completion_logprobs(logits, window, prompt_length=1)  # [N, L]
+
+
+def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, group_size: int) -> dict:
+    samples = [example for example in batch for _ in range(group_size)]  # repeat_interleave layout
+    lengths = rollout.mask.sum(dim=1).tolist()
+    terms = reward_model.score_batch(samples, rollout.texts, num_tokens=lengths)
+    correct = [c == reward_model.correct_reward for c in terms["correctness"]]
+    return {"total": torch.tensor(terms["total"], dtype=torch.float32), "terms": terms, "correct": correct}
+
+
+def main() -> None:
+    # ---- config ---------------------------------------------------------------------------------------
+    args, config = parse_args("grpo", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    validate(config)
+    init_from = config["init_from"] or config["model_name"]
+    config = for_checkpoint(config, init_from)
+    set_seed(config["seed"])
+    output_dir = prepare_output_dir(config["output_dir"])
+
+    # ---- policy, reference, reward, data ------------------------------------------------------------
+    accelerator = make_accelerator(config)
+    model, tokenizer = load_model_and_tokenizer(init_from, config)
+    reference = None
+    if config["kl_coeff"] > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    reward_model = MathRewardModel(config["correct_reward"], config["wrong_reward"],
+                                   config["format_reward_weight"], config["length_reward_weight"],
+                                   config["max_completion_length"])
+    train_examples = load_jsonl(config["train_file"])
+    if len(train_examples) < config["batch_size"]:
+        raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
+    eval_sets = load_eval_sets(config)
+    batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
+    gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
+                                   config["top_p"])
+
+    # ---- optimizer and schedule ---------------------------------------------------------------------
+    total_updates = config["num_train_steps"] * config["num_iterations"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
+                                  weight_decay=config["weight_decay"])
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_updates)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # ---- train ----------------------------------------------------------------------------------------
+    metrics = MetricsLog(output_dir / METRICS_NAME)
+    samples_log = MetricsLog(output_dir / "samples.jsonl")
+    clock, accuracy = RunClock(), None
+    progress = tqdm(range(1, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
+    for step in progress:
+        step_start = time.perf_counter()
+        batch = next(batches)
+        with accelerator.autocast():
+            record = grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model,
+                               optimizer, scheduler, accelerator)
+        clock.tokens += record.pop("_tokens")
+        for sample in record.pop("_samples"):
+            samples_log.log({"step": step, **sample})
+        record = {"step": step, **record, "step_seconds": time.perf_counter() - step_start,
+                  "elapsed_s": clock.elapsed()}
+        record["generation_share"] = record["generation_seconds"] / record["step_seconds"]
+        if step % config["log_every"] == 0 or step == config["num_train_steps"]:
+            metrics.log(record)
+        progress.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{record['train_accuracy']:.2f}")
+        if step % config["eval_every"] == 0 or step == config["num_train_steps"]:
+            record, _ = evaluate_sets(unwrapped, tokenizer, eval_sets, config)
+            metrics.log({"step": step, **record})
+            accuracy = record["eval_accuracy"]
+            progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
+        if config["save_every"] and step % config["save_every"] == 0 and step < config["num_train_steps"]:
+            save_checkpoint(output_dir, f"step_{step}", unwrapped, tokenizer, config,
+                            training_state(optimizer, scheduler, step), clock.summary(step=step))
+
+    # ---- save -----------------------------------------------------------------------------------------
+    summary = clock.summary(step=config["num_train_steps"], final_eval_accuracy=accuracy, init_from=init_from)
+    final = save_checkpoint(output_dir, "final", unwrapped, tokenizer, config,
+                            training_state(optimizer, scheduler, config["num_train_steps"]), summary)
+    metrics.close()
+    samples_log.close()
+    print(f"final held-out greedy accuracy {accuracy:.3f} after {config['num_train_steps']} steps, "
+          f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
+
+
+def grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model, optimizer,
+              scheduler, accelerator) -> dict:
+    """Generate, score, and take num_iterations optimizer steps; returns the step's metrics."""
+    rollout_ = rollout(unwrapped, tokenizer, batch, config, gen_config)
+    scored = score(rollout_, batch, reward_model, config["group_size"])
+    rewards = scored["total"].to(rollout_.sequences.device)  # [N]
+    advantages = group_advantages(rewards, config["group_size"], config["advantage_mode"])  # [N]
+    ref_logp = None
+    if reference is not None:
+        with torch.no_grad():
+            ref_logp = sequence_logprobs(reference, rollout_, config["temperature"])  # [N, L]
+
+    old_logp, loss_stats, grad_norm = None, {}, 0.0
+    for iteration in range(config["num_iterations"]):
+        logp = sequence_logprobs(model, rollout_, config["temperature"])  # [N, L]
+        if iteration == 0 and config["num_iterations"] > 1:
+            old_logp = logp.detach()  # the policy that sampled: its weights are unchanged until this update
+        loss, loss_stats = grpo_loss(
+            logp, ref_logp, old_logp, advantages, rollout_.mask, loss_type=config["loss_type"],
+            kl_coeff=config["kl_coeff"], kl_estimator=config["kl_estimator"],
+            aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
+            max_completion_length=config["max_completion_length"])
+        accelerator.backward(loss)
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config["max_grad_norm"]))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+
+    lengths = rollout_.mask.sum(dim=1)  # [N]
+    grouped = rewards.view(-1, config["group_size"])  # [B, G]
+    truncated = ~(rollout_.sequences[:, rollout_.prompt_width:] == tokenizer.eos_token_id).any(dim=1)  # [N]
+    num_generated = int(lengths.sum())
+    record = {
+        "reward_mean": rewards.mean().item(),
+        "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+        "train_accuracy": sum(scored["correct"]) / len(scored["correct"]),
+        **{f"reward_{name}": sum(values) / len(values) for name, values in scored["terms"].items()
+           if name != "total"},
+        "unparsed_fraction": reward_model.unparsed_fraction,
+        "advantage_std": advantages.std().item(),
+        "zero_std_group_fraction": (grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean().item(),
+        **loss_stats,
+        "completion_length_mean": lengths.float().mean().item(),
+        "completion_length_max": int(lengths.max()),
+        "truncated_fraction": truncated.float().mean().item(),
+        "grad_norm": grad_norm,
+        "lr": scheduler.get_last_lr()[0],
+        "generation_seconds": rollout_.seconds,
+        "generated_tokens_per_s": num_generated / max(rollout_.seconds, 1e-9),
+        "_tokens": int(rollout_.attention_mask.sum()),
+        "_samples": [{"prompt": batch[i // config["group_size"]]["prompt"], "completion": rollout_.texts[i],
+                      "reward": rewards[i].item(), "advantage": advantages[i].item()}
+                     for i in range(min(NUM_SAMPLES_LOGGED, len(rollout_.texts)))],
+    }
+    reward_model.reset_counts()
+    return record
+
+
+if __name__ == "__main__":
+    run_cli(main)
