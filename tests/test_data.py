@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mathrl.data import (
-    OPS, apply_op, build_datasets, load_jsonl, operation_of, standard_prompt, write_datasets,
+    OPS, apply_op, build_datasets, load_jsonl, operation_of, standard_prompt, twin, write_datasets,
 )
 from mathrl.errors import UserError
 
@@ -83,8 +83,8 @@ def test_every_operation_is_present_in_train_and_eval(datasets, train, held_out)
 
 def test_tiny_split_covers_the_pool_with_about_20_percent_held_out(datasets):
     n_train, n_eval = len(datasets["tiny_train.jsonl"]), len(datasets["tiny_eval.jsonl"])
-    # 441 (+) + 231 (-) + 169 (*) + 156 (/) problems in the tiny pool.
-    assert n_train + n_eval == 997
+    # 961 (+, 0-30) + 496 (-, a >= b) + 169 (*, 0-12) + 156 (/, exact) problems in the tiny pool.
+    assert n_train + n_eval == 1782
     assert 0.18 < n_eval / (n_train + n_eval) < 0.22
 
 
@@ -235,3 +235,25 @@ def test_operation_of_prompt(prompt, op):
 ])
 def test_operation_key_wins_over_prompt(value, op):
     assert operation_of({"prompt": "What is 2 + 3?", "operation": value}) == op
+
+
+def test_held_out_tiny_products_and_quotients_have_their_twin_in_train(datasets):
+    # Held-out * and / must be answerable by symmetry: b * a (or a / q) is a training problem.
+    train = {(ex["a"], ex["operation"], ex["b"]) for ex in datasets["tiny_train.jsonl"]}
+    held = [ex for ex in datasets["tiny_eval.jsonl"] if ex["operation"] in ("*", "/")]
+    assert held
+    for ex in held:
+        other = twin(ex["operation"], (ex["a"], ex["b"]))
+        assert other is not None and (other[0], ex["operation"], other[1]) in train, ex["prompt"]
+
+
+@pytest.mark.parametrize("op, pair, expected", [
+    ("*", (3, 7), (7, 3)),    # a * b states the same fact as b * a
+    ("*", (4, 4), None),      # a square has no distinct twin
+    ("/", (56, 8), (56, 7)),  # 56 / 8 = 7 and 56 / 7 = 8
+    ("/", (49, 7), None),     # quotient equals divisor: no distinct twin
+    ("/", (0, 5), None),      # 0 / 5 = 0: 0 / 0 is not a problem
+    ("+", (3, 7), None),      # + and - are split at random, no twins
+])
+def test_twin(op, pair, expected):
+    assert twin(op, pair) == expected
