@@ -3,9 +3,16 @@
     python evaluate.py --config configs/tiny.yaml --ckpt checkpoints/tiny/sft/final
     python evaluate.py --ckpt checkpoints/sft/final --ckpt checkpoints/grpo/final --output results.json
     python evaluate.py --config configs/tiny.yaml --ckpt builtin:tiny --eval_file data/tiny_eval.jsonl
+    python evaluate.py --config configs/tiny.yaml --ckpt checkpoints/tiny/sft/final --samples 8 --temperature 0.7
 
-Without --eval_file the config's eval_file (and ood_eval_file, if set) are used. Prints a markdown table,
-writes JSON ({"results": [...]}) and every prediction (OUTPUT with .predictions.jsonl) for reading.
+Without --eval_file the config's eval_file (and ood_eval_file, if set) are used; each file is reported on its
+own. Prints a markdown table, writes JSON ({"results": [...]}) and every prediction (OUTPUT with
+.predictions.jsonl) for reading.
+
+Greedy accuracy is the headline. `--samples K` also samples K completions per prompt (one generate call per
+batch of prompts, num_return_sequences=K, seeded) and adds a "diversity" dict to each result: pass@K,
+majority-vote accuracy, sampled accuracy, mean distinct answers and distinct completion strings per prompt
+(definitions in mathrl/diversity.py); each prediction then also lists its "samples".
 
 How this departs from the paper: the paper reports one accuracy; here each checkpoint is decoded greedily in
 batches (one generate call per batch, left padding), the answer is read by the reward module's extractor,
@@ -19,22 +26,47 @@ import argparse
 import json
 from pathlib import Path
 
+from transformers import set_seed
+
 from mathrl.config import for_checkpoint, parse_args
 from mathrl.data import OPS, load_jsonl
-from mathrl.errors import run_cli
-from mathrl.generation import greedy_accuracy
+from mathrl.diversity import diversity_metrics
+from mathrl.errors import UserError, run_cli
+from mathrl.generation import complete, greedy_accuracy
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 
 
-def evaluate_checkpoint(ckpt: str, eval_files: list[str], config: dict, accelerator) -> list[dict]:
-    """One result dict per eval file (predictions included)."""
+def sampled_diversity(model, tokenizer, examples: list[dict], config: dict, k: int, temperature: float,
+                      top_p: float) -> tuple[dict, list[list[str]]]:
+    """K sampled completions per prompt: (diversity metrics, the completion texts per prompt)."""
+    set_seed(config["seed"])  # the same samples whatever was evaluated before
+    model.eval()
+    # About eval_batch_size sequences per generate call: eval_batch_size // K prompts, K samples each.
+    outputs = complete(model, tokenizer, [e["prompt"] for e in examples], config,
+                       batch_size=max(1, config["eval_batch_size"] // k), do_sample=True,
+                       temperature=temperature, top_p=top_p, num_samples=k)
+    texts = [[s["text"] for s in samples] for samples in outputs]
+    metrics = diversity_metrics(texts, [int(e["answer"]) for e in examples])
+    return {**metrics, "temperature": temperature, "top_p": top_p}, texts
+
+
+def evaluate_checkpoint(ckpt: str, eval_files: list[str], config: dict, accelerator,
+                        sampling: dict | None = None) -> list[dict]:
+    """One result dict per eval file (predictions included); `sampling` ({k, temperature, top_p}) adds
+    a "diversity" dict and each prediction's "samples"."""
     config = for_checkpoint(config, ckpt)
     model, tokenizer = load_model_and_tokenizer(ckpt, config)
     model = model.to(accelerator.device)
     results = []
     for eval_file in eval_files:
+        examples = load_jsonl(eval_file)
         with accelerator.autocast():
-            result = greedy_accuracy(model, tokenizer, load_jsonl(eval_file), config)
+            result = greedy_accuracy(model, tokenizer, examples, config)
+            if sampling:
+                diversity, texts = sampled_diversity(model, tokenizer, examples, config, **sampling)
+                result["diversity"] = diversity
+                for prediction, samples in zip(result["predictions"], texts):
+                    prediction["samples"] = samples
         results.append({"ckpt": ckpt, "eval_file": eval_file, **result})
     return results
 
@@ -46,6 +78,18 @@ def markdown_table(results: list[dict]) -> str:
         per_op = " | ".join(f"{r['per_operation'][op]:.3f}" if op in r["per_operation"] else "-" for op in OPS)
         lines.append(f"| {r['ckpt']} | {r['eval_file']} | {r['accuracy']:.3f} | {r['num_examples']} | "
                      f"{per_op} | {r['mean_completion_tokens']:.2f} |")
+    return "\n".join(lines)
+
+
+def diversity_table(results: list[dict]) -> str:
+    header = ("| checkpoint | eval file | K | temperature | pass@K | majority vote | sampled accuracy | "
+              "distinct answers | distinct completions |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        d = r["diversity"]
+        lines.append(f"| {r['ckpt']} | {r['eval_file']} | {d['num_samples']} | {d['temperature']:g} | "
+                     f"{d['pass_at_k']:.3f} | {d['majority_accuracy']:.3f} | {d['sampled_accuracy']:.3f} | "
+                     f"{d['distinct_answers']:.2f} | {d['distinct_completions']:.2f} |")
     return "\n".join(lines)
 
 
@@ -73,7 +117,14 @@ def main() -> None:
     parser.add_argument("--ckpt", action="append", required=True, metavar="DIR",
                         help="checkpoint directory (or model name, e.g. builtin:tiny); repeat to compare")
     parser.add_argument("--eval_file", action="append", metavar="FILE", help="JSONL eval set; repeatable")
+    parser.add_argument("--samples", type=int, default=0, metavar="K",
+                        help="also sample K completions per prompt and report their diversity")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --samples)")
+    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling (with --samples)")
     args, config = parse_args("evaluate", parser)
+    if args.samples < 0 or args.temperature <= 0 or not 0 < args.top_p <= 1:
+        raise UserError("--samples must be >= 0, --temperature > 0 and --top_p in (0, 1]")
+    sampling = {"k": args.samples, "temperature": args.temperature, "top_p": args.top_p} if args.samples else None
     eval_files = args.eval_file or [f for f in (config["eval_file"], config["ood_eval_file"]) if f]
     for eval_file in eval_files:
         load_jsonl(eval_file)  # fail on a bad file before any model is loaded
@@ -82,12 +133,14 @@ def main() -> None:
     accelerator = make_accelerator(config)
     results = []
     for ckpt in args.ckpt:
-        results += evaluate_checkpoint(ckpt, eval_files, config, accelerator)
+        results += evaluate_checkpoint(ckpt, eval_files, config, accelerator, sampling)
 
     # ---- report ---------------------------------------------------------------------------------------
     output = Path(config["output"]) if config["output"] else default_output(args.ckpt)
     predictions_path = write_outputs(results, output)
     print(markdown_table(results))
+    if sampling:
+        print("\nSampled completions:\n" + diversity_table(results))
     print(f"\nresults: {output}\npredictions: {predictions_path}")
 
 

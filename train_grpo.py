@@ -8,7 +8,8 @@
 Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
 score them with the rule-based reward (reward_model.py); turn rewards into group-relative advantages; take
 `num_iterations` gradient steps on the GRPO loss (mathrl/rl_math.py). Writes OUTPUT_DIR/metrics.jsonl,
-OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like train_sft.py.
+OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like train_sft.py, and stops early
+when `max_train_seconds` of training time (evaluation and saving excluded) have passed, as train_sft.py does.
 
 How this departs from the paper's reference code:
 - Log-probs are computed from the generated ids, never by re-tokenizing decoded text, with logits at
@@ -35,7 +36,7 @@ from transformers import get_cosine_schedule_with_warmup, set_seed
 
 from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_checkpoint,
                                training_state)
-from mathrl.config import for_checkpoint, parse_args
+from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.generation import evaluate_sets, generate_ids, generation_config, load_eval_sets
@@ -60,6 +61,8 @@ class Rollout:
 
 
 def validate(config: dict) -> None:
+    require_positive(config, "batch_size", "max_prompt_length", "max_completion_length", "num_train_steps",
+                     "log_every", "eval_every", "temperature")
     choices = {"advantage_mode": ADVANTAGE_MODES, "loss_type": LOSS_TYPES, "kl_estimator": KL_ESTIMATORS,
                "loss_aggregation": AGGREGATIONS}
     for key, valid in choices.items():
@@ -105,15 +108,42 @@ def rollout(model, tokenizer, batch: list[dict], config: dict, gen_config) -> Ro
 
 
 def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them."""
+    """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them.
+
+    The G rows of a group share their (padded) prompt, so each distinct prompt runs through the model once and its
+    keys/values are shared by the group's rows, which then run only their completion tokens: the same causal
+    attention as one pass over [N, P+L] (gradients from every row flow back into the shared prompt), with the
+    prompt work divided by G. Rows whose prompts all differ take the one-pass path.
+    """
+    width = rollout.prompt_width
+    num_completion = rollout.sequences.shape[1] - width
     position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+L] as generate() builds them
-    num_completion = rollout.sequences.shape[1] - rollout.prompt_width
-    # Only the logits that score completion tokens are computed (positions P-1 .. P+L-2, plus the last one).
-    logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask, position_ids=position_ids,
-                   logits_to_keep=num_completion + 1, use_cache=False).logits  # [N, L+1, V]
-    logits = logits / temperature
-    window = rollout.sequences[:, -(num_completion + 1):]  # [N, L+1] token before the completion + completion
-    return completion_logprobs(logits, window, prompt_length=1)  # [N, L]
+    window = rollout.sequences[:, width - 1:]  # [N, L+1] token before the completion + completion
+    prompts = torch.cat([rollout.sequences[:, :width], rollout.attention_mask[:, :width]], dim=1)  # [N, 2P]
+    unique, group = torch.unique_consecutive(prompts, dim=0, return_inverse=True)  # [U, 2P], [N] row -> prompt
+    if unique.shape[0] == prompts.shape[0]:
+        # Only the logits that score completion tokens are computed (positions P-1 .. P+L-2, plus the last one).
+        logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
+                       position_ids=position_ids, logits_to_keep=num_completion + 1,
+                       use_cache=False).logits  # [N, L+1, V]
+        return completion_logprobs(logits / temperature, window, prompt_length=1)  # [N, L]
+
+    # Each prompt once: its keys/values, and the logits at its last token, which score completion token 0.
+    prompt_out = model(input_ids=unique[:, :width], attention_mask=unique[:, width:],
+                       position_ids=(unique[:, width:].cumsum(dim=1) - 1).clamp(min=0), logits_to_keep=1,
+                       use_cache=True)
+    cache = prompt_out.past_key_values
+    cache.batch_select_indices(group)  # [U, ...] -> [N, ...]; differentiable, gradients sum over each group
+    logits = prompt_out.logits[group]  # [N, 1, V]
+    if num_completion > 1:
+        # Completion tokens 0 .. L-2 of every row, attending to its prompt's cache: logits scoring tokens 1 .. L-1.
+        rest = model(input_ids=rollout.sequences[:, width:-1], attention_mask=rollout.attention_mask[:, :-1],
+                     position_ids=position_ids[:, width:-1], past_key_values=cache, use_cache=True).logits
+        logits = torch.cat([logits, rest], dim=1)  # [N, L, V]
+    # completion_logprobs takes logits for all L+1 window positions but reads only the first L (the logits after
+    # the last token score nothing), so a copy of the last row stands in for them.
+    logits = torch.cat([logits, logits[:, -1:]], dim=1)  # [N, L+1, V]
+    return completion_logprobs(logits / temperature, window, prompt_length=1)  # [N, L]
 
 
 def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, group_size: int) -> dict:
@@ -172,28 +202,39 @@ def main() -> None:
         clock.tokens += record.pop("_tokens")
         for sample in record.pop("_samples"):
             samples_log.log({"step": step, **sample})
+        # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.
+        train_seconds = clock.train_seconds()
+        stopped_by_time = 0 < config["max_train_seconds"] <= train_seconds
+        last = step == config["num_train_steps"] or stopped_by_time
         record = {"step": step, **record, "step_seconds": time.perf_counter() - step_start,
-                  "elapsed_s": clock.elapsed()}
+                  "elapsed_s": train_seconds}
         record["generation_share"] = record["generation_seconds"] / record["step_seconds"]
-        if step % config["log_every"] == 0 or step == config["num_train_steps"]:
+        if step % config["log_every"] == 0 or last:
             metrics.log(record)
         progress.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{record['train_accuracy']:.2f}")
-        if step % config["eval_every"] == 0 or step == config["num_train_steps"]:
-            record, _ = evaluate_sets(unwrapped, tokenizer, eval_sets, config)
-            metrics.log({"step": step, **record})
+        if step % config["eval_every"] == 0 or last:
+            with clock.paused():
+                record, _ = evaluate_sets(unwrapped, tokenizer, eval_sets, config)
+            metrics.log({"step": step, **record, "elapsed_s": train_seconds})
             accuracy = record["eval_accuracy"]
             progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
-        if config["save_every"] and step % config["save_every"] == 0 and step < config["num_train_steps"]:
-            save_checkpoint(output_dir, f"step_{step}", unwrapped, tokenizer, config,
-                            training_state(optimizer, scheduler, step), clock.summary(step=step))
+        if config["save_every"] and step % config["save_every"] == 0 and not last:
+            with clock.paused():
+                save_checkpoint(output_dir, f"step_{step}", unwrapped, tokenizer, config,
+                                training_state(optimizer, scheduler, step), clock.summary(step=step))
+        if last:
+            break
+    progress.close()
 
     # ---- save -----------------------------------------------------------------------------------------
-    summary = clock.summary(step=config["num_train_steps"], final_eval_accuracy=accuracy, init_from=init_from)
+    summary = clock.summary(step=step, final_eval_accuracy=accuracy, init_from=init_from,
+                            stopped_by_time=stopped_by_time)
     final = save_checkpoint(output_dir, "final", unwrapped, tokenizer, config,
-                            training_state(optimizer, scheduler, config["num_train_steps"]), summary)
+                            training_state(optimizer, scheduler, step), summary)
     metrics.close()
     samples_log.close()
-    print(f"final held-out greedy accuracy {accuracy:.3f} after {config['num_train_steps']} steps, "
+    stop = " (time budget reached)" if stopped_by_time else ""
+    print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps{stop}, "
           f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
 
 

@@ -9,6 +9,7 @@ overwrites an earlier one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -93,18 +94,41 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 class RunClock:
-    """Wall time, tokens seen and peak memory for a run's summary.json."""
+    """Wall time, training time, tokens seen, peak memory and device for a run's summary.json.
+
+    Training time is wall time minus the blocks run under `paused()` (evaluation, checkpoint saving), so it
+    measures the training steps alone and does not depend on how often a run evaluates or saves.
+    """
 
     def __init__(self):
         self.start = time.perf_counter()
         self.tokens = 0
+        self.excluded = 0.0  # seconds spent in paused() blocks
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def train_seconds(self) -> float:
+        return self.elapsed() - self.excluded
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside this block does not count as training time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
     def summary(self, **extra) -> dict:
-        return {"wall_time_s": round(self.elapsed(), 3), "tokens_seen": self.tokens,
-                "peak_memory_mb": round(peak_memory_mb(), 1), **extra}
+        return {"wall_time_s": round(self.elapsed(), 3), "train_seconds": round(self.train_seconds(), 3),
+                "tokens_seen": self.tokens, "peak_memory_mb": round(peak_memory_mb(), 1),
+                "device": device_name(), "torch_threads": torch.get_num_threads(), **extra}
+
+
+def device_name() -> str:
+    """What the run trained on, for reports: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def peak_memory_mb() -> float:

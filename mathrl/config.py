@@ -13,6 +13,7 @@ so a typo (`--learnig_rate`) fails loudly instead of silently training with the 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,26 @@ DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
 RESOLVED_CONFIG_NAME = "config.yaml"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads yes/no/on/off as booleans, so `mixed_precision: no` would become False. Like YAML 1.2,
+    only true/false are booleans here."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def read_yaml(path: str | Path) -> dict:
     """Parse a YAML mapping; errors name the file (and line, when YAML knows it)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -93,8 +107,8 @@ def coerce(key: str, value: Any, default: Any, where: str) -> Any:
     raise fail(type(default).__name__)
 
 
-def parse_overrides(tokens: list[str]) -> list[tuple[str, Any]]:
-    """Turn `--key value` / `--key=value` tokens into (key, value) pairs; values are read as YAML scalars."""
+def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
+    """Turn `--key value` / `--key=value` tokens into (key, raw text) pairs."""
     pairs, i = [], 0
     while i < len(tokens):
         token = tokens[i]
@@ -109,12 +123,21 @@ def parse_overrides(tokens: list[str]) -> list[tuple[str, Any]]:
                 raise UserError(f"--{key}: missing value (write --{key} VALUE)")
             raw = tokens[i + 1]
             i += 2
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        pairs.append((key, value))
+        pairs.append((key, raw))
     return pairs
+
+
+def parse_cli_value(raw: str, default: Any) -> Any:
+    """Command-line text as a value for a key with this default: strings stay verbatim (`--output_dir 007`),
+    optional keys read `null` as None, everything else is read as a YAML scalar and type-checked later."""
+    if isinstance(default, str):
+        return raw
+    if default is None:
+        return None if raw in ("null", "None", "~") else raw
+    try:
+        return yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        return raw
 
 
 def resolve_config(section: str, config_file: str | None = None, overrides: list[str] | tuple = ()) -> dict:
@@ -146,15 +169,23 @@ def resolve_config(section: str, config_file: str | None = None, overrides: list
                 if key not in other_valid:
                     raise _unknown_key_error(key, list(other_valid), f"{config_file} [{name}]")
 
-    for key, value in parse_overrides(list(overrides)):
+    for key, raw in parse_overrides(list(overrides)):
         if key not in resolved:
             raise _unknown_key_error(key, valid, f"--{key}")
-        resolved[key] = coerce(key, value, _default_of(key, shared, sections[section]), f"--{key}")
+        default = _default_of(key, shared, sections[section])
+        resolved[key] = coerce(key, parse_cli_value(raw, default), default, f"--{key}")
     return resolved
 
 
 def _default_of(key: str, shared: dict, section: dict) -> Any:
     return section[key] if key in section else shared[key]
+
+
+def require_positive(config: dict, *keys: str) -> None:
+    """Reject a zero or negative value for keys that size the run (a 0 here means an empty run, not 'off')."""
+    for key in keys:
+        if config[key] <= 0:
+            raise UserError(f'key "{key}" must be > 0, got {config[key]}')
 
 
 def save_config(config: dict, directory: str | Path) -> Path:

@@ -46,11 +46,23 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], gen_config: Generat
     (prompt i's samples are rows i*n .. i*n+n-1, the `repeat_interleave` layout)."""
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)  # [B, P]
+    cache = {}
     if num_return_sequences > 1:
+        if input_ids.shape[1] > 1:
+            # The n samples of a prompt share it: run each prompt (all but its last token) once and copy its
+            # keys/values to the n rows, instead of letting generate() prefill the same prompt n times. generate()
+            # then starts from the last prompt token, with the same positions and sampling as without the cache.
+            prefix_mask = attention_mask[:, :-1]  # [B, P-1]
+            prefix = model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
+                           position_ids=(prefix_mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True,
+                           logits_to_keep=1).past_key_values
+            prefix.batch_repeat_interleave(num_return_sequences)  # [B*n, ...]
+            cache = {"past_key_values": prefix}
         input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)  # [B*n, P]
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)  # [B*n, P]
     sequences = model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=gen_config
+        input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config, **cache
     )  # [B*n, P+L]
     return sequences, input_ids.shape[1]
 

@@ -8,6 +8,8 @@ prompt ids that training saw before the completion.
 
 from __future__ import annotations
 
+from mathrl.errors import UserError
+
 PROMPT_FORMATS = ("plain", "chat")
 
 
@@ -17,12 +19,13 @@ def prompt_ids(tokenizer, prompt: str, prompt_format: str, max_prompt_length: in
         ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     elif prompt_format == "chat":
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("prompt_format 'chat' needs a tokenizer with a chat template; use 'plain'")
+            raise UserError("prompt_format chat needs a tokenizer with a chat template, and this model's has "
+                            "none; use --prompt_format plain")
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
         )
     else:
-        raise ValueError(f"unknown prompt_format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
+        raise UserError(f'prompt_format "{prompt_format}": expected one of {", ".join(PROMPT_FORMATS)}')
     # Keep the end: the generation prompt (e.g. "<|assistant|>") must stay next to the answer.
     return list(ids[-max_prompt_length:])
 

@@ -1,0 +1,264 @@
+"""The paper's claims (sections 5-6) checked against compare.py's numbers: pure functions, no verdict written in.
+
+Each check compares two runs and returns "supported", "contradicted" or "inconclusive" with the numbers behind
+it. Noise: accuracies are compared with a two-proportion test, SE = sqrt(p (1 - p) (1/n1 + 1/n2)) with p the
+pooled accuracy; means over prompts (completion tokens, distinct answers) with SE = sqrt(se1^2 + se2^2). A
+difference counts only when it is larger than 2 SE; otherwise the verdict is "inconclusive".
+
+`runs` maps a run name (base, sft, warm_start, grpo, sft_grpo, h2h_sft, h2h_grpo) to what mathrl.report loads:
+  summary      the checkpoint's summary.json ({} for the base model)
+  metrics      the run's metrics.jsonl records ([] for base and warm_start)
+  held_out     evaluate.py's result on the held-out set (accuracy, num_examples, diversity, predictions, ...)
+  ood          the same on the out-of-distribution set, or None
+"""
+
+from __future__ import annotations
+
+import math
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+PAPER_COST_RATIO = (3.0, 4.0)  # section 5.3.1: "approximately 3-4x longer than SFT"
+
+
+# ---- statistics -----------------------------------------------------------------------------------------
+
+def binomial_se(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / n) if n else 0.0
+
+
+def accuracy_difference(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
+    """(p1 - p2, its standard error under the pooled two-proportion test)."""
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    return p1 - p2, math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+
+
+def verdict(difference: float, se: float) -> str:
+    """SUPPORTED when difference > 2 SE, CONTRADICTED when < -2 SE, else INCONCLUSIVE."""
+    if abs(difference) <= 2 * se:
+        return INCONCLUSIVE
+    return SUPPORTED if difference > 0 else CONTRADICTED
+
+
+def mean_tokens_and_se(result: dict) -> tuple[float, float]:
+    tokens = [p["num_tokens"] for p in result["predictions"]]
+    n, mean = len(tokens), sum(tokens) / len(tokens)
+    variance = sum((t - mean) ** 2 for t in tokens) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(variance / n)
+
+
+def acc(result: dict) -> str:
+    return f"{result['accuracy']:.3f} ± {binomial_se(result['accuracy'], result['num_examples']):.3f}"
+
+
+def eval_curve(run: dict) -> list[tuple[int, float, float]]:
+    """(step, training seconds, held-out accuracy) at each evaluation during training."""
+    return [(r["step"], r.get("elapsed_s", float("nan")), r["eval_accuracy"])
+            for r in run["metrics"] if "eval_accuracy" in r]
+
+
+def learned(run: dict, base: dict) -> bool:
+    """Held-out accuracy above the untrained model's by more than 2 SE."""
+    a, b = run["held_out"], base["held_out"]
+    d, se = accuracy_difference(a["accuracy"], a["num_examples"], b["accuracy"], b["num_examples"])
+    return d > 2 * se
+
+
+def comparison(runs: str, result: str, evidence: str, **numbers) -> dict:
+    return {"runs": runs, "verdict": result, "evidence": evidence, **numbers}
+
+
+# ---- the claims -------------------------------------------------------------------------------------------
+
+def convergence_speed(runs: dict, fraction: float) -> dict:
+    """(a1) SFT reaches a given accuracy in less training time than GRPO (both from the base model).
+
+    Threshold: `fraction` of the best held-out accuracy either run reached during training. A run "reached" it
+    at the first evaluation at or above it; it was "still below" until its last evaluation before that (or its
+    last evaluation, if it never reached it). SFT is faster only if it reached the threshold no later than GRPO
+    was still seen below it, and vice versa; otherwise evaluations are too sparse to tell.
+    """
+    curves = {name: eval_curve(runs[name]) for name in ("sft", "grpo")}
+    n = runs["base"]["held_out"]["num_examples"]
+    best = max((a for curve in curves.values() for _, _, a in curve), default=0.0)
+    base = runs["base"]["held_out"]["accuracy"]
+    d, se = accuracy_difference(best, n, base, n)
+    if d <= 2 * se:
+        return comparison("sft vs grpo", INCONCLUSIVE, f"neither run rose above the untrained model's held-out "
+                          f"accuracy {base:.3f} by more than 2 SE (best {best:.3f}, n={n})")
+    threshold = fraction * best
+    seen = {}
+    for name, curve in curves.items():
+        reached = next((i for i, (_, _, a) in enumerate(curve) if a >= threshold), None)
+        if reached is None:  # still below at its last evaluation
+            seen[name] = (None, curve[-1][1] if curve else 0.0)
+        else:  # below until the evaluation before (from the start, if the first one reached it)
+            seen[name] = (curve[reached], curve[reached - 1][1] if reached > 0 else 0.0)
+    texts = []
+    for name, (hit, below) in seen.items():
+        if hit:
+            texts.append(f"{name} reached {threshold:.3f} at step {hit[0]} after {hit[1]:.1f} s of training")
+        else:
+            last = curves[name][-1] if curves[name] else (0, 0.0, 0.0)
+            texts.append(f"{name} never did (best {max((a for *_, a in curves[name]), default=0):.3f} in "
+                         f"{last[0]} steps, {last[1]:.1f} s)")
+    (sft_hit, sft_below), (grpo_hit, grpo_below) = seen["sft"], seen["grpo"]
+    if sft_hit and sft_hit[1] <= grpo_below:
+        result = SUPPORTED
+    elif grpo_hit and grpo_hit[1] <= sft_below:
+        result = CONTRADICTED
+    else:
+        result = INCONCLUSIVE
+    evidence = (f"threshold {fraction:g} x best held-out accuracy {best:.3f} = {threshold:.3f}; "
+                + "; ".join(texts))
+    if result == INCONCLUSIVE:
+        evidence += "; the evaluations do not separate the two (or the slower run stopped too early to tell)"
+    return comparison("sft vs grpo", result, evidence, threshold=threshold)
+
+
+def largest_drop(curve: list[tuple[int, float, float]], n: int) -> tuple[float, bool]:
+    """The largest fall of held-out accuracy between consecutive evaluations, and whether it exceeds 2 SE."""
+    worst, significant = 0.0, False
+    for (_, _, before), (_, _, after) in zip(curve, curve[1:]):
+        d, se = accuracy_difference(before, n, after, n)
+        if d > worst:
+            worst = d
+        significant |= d > 2 * se
+    return worst, significant
+
+
+def stability(runs: dict) -> dict:
+    """(a2) SFT trains more stably: no held-out accuracy drop beyond noise, where GRPO has one."""
+    n = runs["base"]["held_out"]["num_examples"]
+    drops = {name: largest_drop(eval_curve(runs[name]), n) for name in ("sft", "grpo")}
+    losses = [r["loss"] for r in runs["sft"]["metrics"] if "loss" in r]
+    rises = sum(b > a for a, b in zip(losses, losses[1:]))
+    evidence = "; ".join(f"{name}: largest drop between evaluations {d:.3f} ({'beyond' if s else 'within'} "
+                         f"2 SE, n={n}, {len(eval_curve(runs[name]))} evaluations)" for name, (d, s) in drops.items())
+    if losses:
+        evidence += (f"; SFT loss {losses[0]:.3f} -> {losses[-1]:.3f}, rising in {rises} of {len(losses) - 1} "
+                     f"logged intervals")
+    if min(len(eval_curve(runs[name])) for name in drops) < 2:
+        return comparison("sft vs grpo", INCONCLUSIVE, evidence + "; fewer than 2 evaluations in a run")
+    if not learned(runs["grpo"], runs["base"]):
+        return comparison("sft vs grpo", INCONCLUSIVE,
+                          evidence + "; GRPO never rose above the untrained model, so its flat curve says nothing "
+                                     "about stability")
+    (_, sft_bad), (_, grpo_bad) = drops["sft"], drops["grpo"]
+    result = SUPPORTED if grpo_bad and not sft_bad else CONTRADICTED if sft_bad and not grpo_bad else INCONCLUSIVE
+    return comparison("sft vs grpo", result, evidence)
+
+
+def cost(runs: dict) -> dict:
+    """(b) GRPO's training takes 3-4x SFT's (section 5.3.1): total training time of grpo vs sft."""
+    sft, grpo = runs["sft"]["summary"], runs["grpo"]["summary"]
+    total = grpo["train_seconds"] / sft["train_seconds"]
+    per_step = (grpo["train_seconds"] / grpo["step"]) / (sft["train_seconds"] / sft["step"])
+    low, high = PAPER_COST_RATIO
+    result = SUPPORTED if low <= total <= high else CONTRADICTED
+    memory = "process peak RSS on CPU" if grpo.get("device", "cpu") == "cpu" else "peak GPU memory"
+    evidence = (f"GRPO {grpo['train_seconds']:.1f} s for {grpo['step']} steps vs SFT {sft['train_seconds']:.1f} s "
+                f"for {sft['step']} steps: {total:.2f}x in total, {per_step:.2f}x per step (paper: {low:g}-{high:g}x "
+                f"in total); peak memory {grpo['peak_memory_mb']:.0f} vs {sft['peak_memory_mb']:.0f} MB ({memory})")
+    if "sft_grpo" in runs:
+        extra = runs["sft_grpo"]["summary"]["train_seconds"] / sft["train_seconds"]
+        evidence += f"; the GRPO stage of SFT -> GRPO adds {extra:.2f}x SFT's time"
+    return comparison("grpo vs sft", result, evidence, total_ratio=total, per_step_ratio=per_step)
+
+
+def diversity(runs: dict, a: str, b: str) -> dict:
+    """(c) run a's sampled answers are more diverse than run b's: more distinct completions per prompt."""
+    da, db = runs[a]["held_out"].get("diversity"), runs[b]["held_out"].get("diversity")
+    if not da or not db:
+        return comparison(f"{a} vs {b}", INCONCLUSIVE, "no sampled completions (diversity_samples is 0)")
+    d = da["distinct_completions"] - db["distinct_completions"]
+    se = math.hypot(da["distinct_completions_se"], db["distinct_completions_se"])
+    evidence = (f"distinct completions per prompt {da['distinct_completions']:.2f} ± "
+                f"{da['distinct_completions_se']:.2f} vs {db['distinct_completions']:.2f} ± "
+                f"{db['distinct_completions_se']:.2f} of K={da['num_samples']}"
+                f"; distinct answers {da['distinct_answers']:.2f} vs {db['distinct_answers']:.2f}; sampled accuracy "
+                f"{da['sampled_accuracy']:.3f} vs {db['sampled_accuracy']:.3f}")
+    if not learned(runs[a], runs["base"]):
+        evidence += f"; {a} never rose above the untrained model, so this is the diversity of wrong answers"
+    return comparison(f"{a} vs {b}", verdict(d, se), evidence, difference=d, se=se)
+
+
+def ood_generalization(runs: dict, a: str, b: str) -> dict:
+    """(d) run a is more accurate than run b out of distribution."""
+    ra, rb = runs[a]["ood"], runs[b]["ood"]
+    if ra is None or rb is None:
+        return comparison(f"{a} vs {b}", INCONCLUSIVE, "no out-of-distribution set (ood_eval_file is null)")
+    d, se = accuracy_difference(ra["accuracy"], ra["num_examples"], rb["accuracy"], rb["num_examples"])
+    gap = {name: runs[name]["held_out"]["accuracy"] - runs[name]["ood"]["accuracy"] for name in (a, b)}
+    evidence = (f"OOD accuracy {acc(ra)} vs {acc(rb)} (n={ra['num_examples']}); held-out minus OOD: "
+                f"{gap[a]:+.3f} vs {gap[b]:+.3f}")
+    return comparison(f"{a} vs {b}", verdict(d, se), evidence, difference=d, se=se)
+
+
+def two_stage(runs: dict) -> dict:
+    """(e) GRPO after SFT keeps SFT's held-out accuracy while shortening its answers (the two-stage recipe)."""
+    after, before = runs["sft_grpo"]["held_out"], runs["sft"]["held_out"]
+    d_acc, se_acc = accuracy_difference(after["accuracy"], after["num_examples"],
+                                        before["accuracy"], before["num_examples"])
+    (len_after, se_after), (len_before, se_before) = mean_tokens_and_se(after), mean_tokens_and_se(before)
+    d_len, se_len = len_after - len_before, math.hypot(se_after, se_before)
+    lost, shorter, longer = d_acc < -2 * se_acc, d_len < -2 * se_len, d_len > 2 * se_len
+    result = CONTRADICTED if lost or longer else SUPPORTED if shorter else INCONCLUSIVE
+    evidence = (f"held-out accuracy {acc(after)} after GRPO vs {acc(before)} after SFT "
+                f"({'lower by more than' if lost else 'kept within'} 2 SE = {2 * se_acc:.3f}); mean completion "
+                f"tokens {len_after:.2f} ± {se_after:.2f} vs {len_before:.2f} ± {se_before:.2f} "
+                f"({'shorter' if shorter else 'longer' if longer else 'no change beyond noise'})")
+    if result == SUPPORTED and not learned(runs["sft"], runs["base"]):
+        result = INCONCLUSIVE
+        evidence += "; SFT never rose above the untrained model, so there was no accuracy to keep"
+    return comparison("sft_grpo vs sft", result, evidence, accuracy_difference=d_acc, length_difference=d_len)
+
+
+def head_to_head(runs: dict) -> dict:
+    """(f) From one warm start and for the same training time, more SFT buys more accuracy than GRPO."""
+    s, g, w = runs["h2h_sft"], runs["h2h_grpo"], runs["warm_start"]["held_out"]
+    d, se = accuracy_difference(s["held_out"]["accuracy"], s["held_out"]["num_examples"],
+                                g["held_out"]["accuracy"], g["held_out"]["num_examples"])
+    parts = []
+    for name, run in (("SFT", s), ("GRPO", g)):
+        sm = run["summary"]
+        gain = (run["held_out"]["accuracy"] - w["accuracy"]) / max(sm["train_seconds"], 1e-9) * 100
+        parts.append(f"{name} {acc(run['held_out'])} after {sm['train_seconds']:.1f} s ({sm['step']} steps, "
+                     f"{gain:+.3f} per 100 s)")
+    evidence = f"warm start {acc(w)}; " + "; ".join(parts)
+    unbound = [name for name, run in (("h2h_sft", s), ("h2h_grpo", g)) if not run["summary"].get("stopped_by_time")]
+    if unbound:
+        evidence += f"; {', '.join(unbound)} ended on its step cap before the time budget: not equal compute"
+    return comparison("h2h_sft vs h2h_grpo", verdict(d, se), evidence, difference=d, se=se)
+
+
+def check_claims(runs: dict, convergence_fraction: float) -> list[dict]:
+    """Every claim, in the paper's order: {id, claim, comparisons: [{runs, verdict, evidence, ...}]}."""
+    claims = [
+        ("a1", "SFT converges faster than GRPO (5.1.1)", [convergence_speed(runs, convergence_fraction)]),
+        ("a2", "SFT trains more stably than GRPO (5.1.2)", [stability(runs)]),
+        ("b", "GRPO's training takes 3-4x SFT's (5.3.1)", [cost(runs)]),
+        ("c", "GRPO's answers are more diverse (5.2.2)",
+         [diversity(runs, "grpo", "sft"), diversity(runs, "sft_grpo", "sft")]),
+        ("d", "GRPO generalizes better out of distribution (6.1.2)",
+         [ood_generalization(runs, "grpo", "sft"), ood_generalization(runs, "sft_grpo", "sft")]),
+        ("e", "GRPO after SFT keeps accuracy while shortening answers (two-stage recipe)", [two_stage(runs)]),
+        ("f", "SFT buys more accuracy per unit of compute than GRPO (6.1.1; equal-time head-to-head)",
+         [head_to_head(runs)]),
+    ]
+    return [{"id": i, "claim": text, "comparisons": comparisons} for i, text, comparisons in claims]
+
+
+def notes(runs: dict) -> list[str]:
+    """Facts a reader needs to read the table right, computed from the runs."""
+    out = []
+    grpo = runs["grpo"]
+    if not learned(grpo, runs["base"]):
+        steps = [r for r in grpo["metrics"] if "zero_std_group_fraction" in r]
+        zero = sum(r["zero_std_group_fraction"] for r in steps) / max(len(steps), 1)
+        reward = sum(r["reward_mean"] for r in steps) / max(len(steps), 1)
+        out.append(f"GRPO from the base model did not rise above the untrained model (held-out "
+                   f"{acc(grpo['held_out'])} vs {acc(runs['base']['held_out'])}): its mean reward was {reward:.3f} "
+                   f"and on average {zero:.0%} of its groups had the same reward for every completion, which "
+                   f"gives zero advantage and no gradient. GRPO needs a model that is already sometimes right; "
+                   f"compare sft_grpo.")
+    return out

@@ -1,0 +1,292 @@
+"""compare.py's outputs: REPORT.md, results.json, samples.md and the plots, from the runs it left in OUTPUT_DIR.
+
+Every number comes from a run's files: final/summary.json (steps, training and wall time, tokens, peak memory,
+device), metrics.jsonl (curves) and the evaluate.py results compare.py stored beside each checkpoint
+(eval-*.json, eval-*.predictions.jsonl). The claim lines come from mathrl/claims.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from mathrl.claims import binomial_se, check_claims, eval_curve, notes
+from mathrl.data import OPS, load_jsonl
+
+DESCRIPTIONS = {
+    "base": "the base model, untrained",
+    "sft": "SFT from the base model",
+    "warm_start": "SFT checkpoint at warm_start_steps (head-to-head start)",
+    "grpo": "GRPO from the base model",
+    "sft_grpo": "GRPO from sft/final (two-stage recipe)",
+    "h2h_sft": "warm start + SFT for head_to_head_seconds",
+    "h2h_grpo": "warm start + GRPO for head_to_head_seconds",
+}
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def load_run(target, config: dict) -> dict:
+    """Summary, metrics and evaluation of one compare.py target, keyed as mathrl/claims.py expects."""
+    ckpt = Path(target.ckpt)
+    trained = target.name != "base"
+    evaluation = json.loads(target.eval_path.read_text())["results"]
+    predictions = read_jsonl(target.eval_path.with_suffix(".predictions.jsonl"))
+    by_file = {}
+    for result in evaluation:
+        result["predictions"] = [p for p in predictions if p["eval_file"] == result["eval_file"]]
+        by_file[result["eval_file"]] = result
+    return {
+        "name": target.name, "ckpt": target.ckpt, "offset_s": target.offset_s,
+        "summary": json.loads((ckpt / "summary.json").read_text()) if trained else {},
+        "metrics": read_jsonl(ckpt.parent / "metrics.jsonl") if trained and target.name != "warm_start" else [],
+        "held_out": by_file[config["eval_file"]],
+        "ood": by_file.get(config["ood_eval_file"]) if config["ood_eval_file"] else None,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(runs: dict, config: dict, context: dict) -> dict:
+    model = config["model_name"]
+    if model.startswith("builtin:"):
+        model += (" (Llama architecture trained from scratch: hidden {tiny_hidden_size}, {tiny_num_layers} layers, "
+                  "{tiny_num_heads} heads, MLP {tiny_intermediate_size}; character tokenizer)").format(**config)
+    data = {"train": config["train_file"], "held_out": config["eval_file"], "ood": config["ood_eval_file"]}
+    summaries = [r["summary"] for r in runs.values() if r["summary"]]
+    devices = sorted({s.get("device", "?") for s in summaries})
+    threads = sorted({s.get("torch_threads", "?") for s in summaries}, key=str)
+    return {
+        "model": model, "builtin_model": config["model_name"].startswith("builtin:"),
+        "data": {k: {"file": f, "examples": len(load_jsonl(f))} for k, f in data.items() if f},
+        "seed": config["seed"], "cpu": f"{cpu_model()} ({os.cpu_count()} logical cores)",
+        "training_device": ", ".join(devices), "torch_threads": ", ".join(map(str, threads)),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "runs_wall_time_s": sum(r["summary"]["wall_time_s"] for n, r in runs.items()
+                                if r["summary"] and n != "warm_start"),
+        **context,
+    }
+
+
+# ---- tables -----------------------------------------------------------------------------------------------
+
+def row(run: dict) -> dict:
+    """One line of the paper's results table (results.json's "runs")."""
+    s, held, ood = run["summary"], run["held_out"], run["ood"]
+    steps, seconds = s.get("step"), s.get("train_seconds")
+    return {
+        "ckpt": run["ckpt"], "description": DESCRIPTIONS[run["name"]],
+        "held_out_accuracy": held["accuracy"], "held_out_n": held["num_examples"],
+        "held_out_se": binomial_se(held["accuracy"], held["num_examples"]),
+        "ood_accuracy": ood["accuracy"] if ood else None, "ood_n": ood["num_examples"] if ood else None,
+        "ood_se": binomial_se(ood["accuracy"], ood["num_examples"]) if ood else None,
+        "per_operation": held["per_operation"], "ood_per_operation": ood["per_operation"] if ood else None,
+        "mean_completion_tokens": held["mean_completion_tokens"],
+        "steps": steps, "train_seconds": seconds, "seconds_per_step": seconds / steps if steps else None,
+        "wall_time_s": s.get("wall_time_s"), "tokens_seen": s.get("tokens_seen"),
+        "peak_memory_mb": s.get("peak_memory_mb"), "stopped_by_time": s.get("stopped_by_time"),
+        "init_from": s.get("init_from"), "device": s.get("device"),
+    }
+
+
+def fmt(value, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def results_table(rows: dict) -> str:
+    lines = ["| run | held-out acc ± SE (n) | OOD acc ± SE (n) | " + " | ".join(OPS) + " | mean tokens | steps | "
+             "train s | s/step | wall s | tokens | peak MB | stopped by time |"]
+    lines.append("|" + "---|" * (lines[0].count("|") - 1))
+    for name, r in rows.items():
+        ood = "-" if r["ood_accuracy"] is None else f"{r['ood_accuracy']:.3f} ± {r['ood_se']:.3f} ({r['ood_n']})"
+        ops = " | ".join(fmt(r["per_operation"].get(op), ".2f") for op in OPS)
+        lines.append(f"| {name} | {r['held_out_accuracy']:.3f} ± {r['held_out_se']:.3f} ({r['held_out_n']}) | {ood} | "
+                     f"{ops} | {r['mean_completion_tokens']:.2f} | {fmt(r['steps'])} | {fmt(r['train_seconds'], '.1f')}"
+                     f" | {fmt(r['seconds_per_step'], '.3f')} | {fmt(r['wall_time_s'], '.1f')} | "
+                     f"{fmt(r['tokens_seen'], ',')} | {fmt(r['peak_memory_mb'], '.0f')} | "
+                     f"{ {True: 'yes', False: 'no', None: '-'}[r['stopped_by_time']]} |")
+    return "\n".join(lines)
+
+
+def diversity_rows(runs: dict) -> dict:
+    """{run: {"held_out" | "ood": diversity dict}} for every run evaluated with samples."""
+    out = {}
+    for name, run in runs.items():
+        sets = {label: run[label]["diversity"] for label in ("held_out", "ood")
+                if run[label] and run[label].get("diversity")}
+        if sets:
+            out[name] = sets
+    return out
+
+
+def diversity_table(rows: dict) -> str:
+    lines = ["| run | eval set | K | temperature / top_p | pass@K | majority vote | sampled acc | distinct answers "
+             "| distinct completions |", "|" + "---|" * 9]
+    for name, sets in rows.items():
+        for label, d in sets.items():
+            lines.append(f"| {name} | {label} | {d['num_samples']} | {d['temperature']:g} / {d['top_p']:g} | "
+                         f"{d['pass_at_k']:.3f} | {d['majority_accuracy']:.3f} | {d['sampled_accuracy']:.3f} | "
+                         f"{d['distinct_answers']:.2f} ± {d['distinct_answers_se']:.2f} | "
+                         f"{d['distinct_completions']:.2f} ± {d['distinct_completions_se']:.2f} |")
+    return "\n".join(lines)
+
+
+# ---- samples.md -------------------------------------------------------------------------------------------
+
+def code(text: str) -> str:
+    return "`" + json.dumps(text, ensure_ascii=False).replace("`", "'") + "`"
+
+
+def samples_markdown(runs: dict, count: int) -> str:
+    lines = ["# Sample completions (paper 5.2.2)", "",
+             f"The first {count} prompts of each eval set; greedy completion, then the sampled ones "
+             "(✓ = the extracted answer is right). Completions are shown as JSON strings, so spaces are visible.", ""]
+    for name, run in runs.items():
+        lines += [f"## {name}: {DESCRIPTIONS[name]}", "", f"checkpoint: `{run['ckpt']}`", ""]
+        for label in ("held_out", "ood"):
+            if not run[label]:
+                continue
+            lines += [f"### {label}: {run[label]['eval_file']}", ""]
+            for p in run[label]["predictions"][:count]:
+                mark = "✓" if p["correct"] else "✗"
+                lines.append(f"- {code(p['prompt'])} (answer {p['answer']})")
+                lines.append(f"  - greedy: {code(p['completion'])} {mark}")
+                if p.get("samples"):
+                    lines.append("  - sampled: " + ", ".join(code(t) for t in p["samples"]))
+            lines.append("")
+    return "\n".join(lines)
+
+
+# ---- plots ------------------------------------------------------------------------------------------------
+
+def plot(out: Path, runs: dict) -> list[str]:
+    """The four figures; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(run, key):
+        points = [(r["step"], r[key]) for r in run["metrics"] if key in r]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        return name
+
+    names = []
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(*series(runs["sft"], "loss"))
+    loss_ax.set(title="SFT training loss", xlabel="step", ylabel="loss")
+    for key, label in (("eval_accuracy", "held-out"), ("ood_accuracy", "OOD")):
+        acc_ax.plot(*series(runs["sft"], key), marker="o", label=label)
+    acc_ax.set(title="SFT greedy accuracy", xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
+    acc_ax.legend()
+    names.append(save(fig, "sft_curves.png"))
+
+    grpo_runs = [n for n in ("grpo", "sft_grpo") if n in runs]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in zip(axes, ("reward_mean", "kl", "eval_accuracy"),
+                              ("GRPO mean reward", "KL to the reference", "held-out greedy accuracy")):
+        for name in grpo_runs:
+            ax.plot(*series(runs[name], key), marker="o" if key == "eval_accuracy" else None, label=name)
+        ax.set(title=title, xlabel="step")
+        ax.legend()
+    names.append(save(fig, "grpo_curves.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.axhline(runs["base"]["held_out"]["accuracy"], color="gray", linestyle="--", label="base (untrained)")
+    for name, run in runs.items():
+        curve = eval_curve(run)
+        if curve:
+            ax.plot([run["offset_s"] + t for _, t, _ in curve], [a for *_, a in curve], marker="o", markersize=3,
+                    label=name)
+    ax.set(title="Held-out greedy accuracy vs training time (from the base model; evaluation excluded)",
+           xlabel="training seconds", ylabel="accuracy", ylim=(-0.02, 1.02))
+    ax.legend()
+    names.append(save(fig, "accuracy_vs_time.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in ("grpo", "sft_grpo", "h2h_grpo"):
+        ax.plot(*series(runs[name], "completion_length_mean"), label=name)
+    ax.set(title="Mean completion length during GRPO (tokens, EOS included)", xlabel="step", ylabel="tokens")
+    ax.legend()
+    names.append(save(fig, "completion_length.png"))
+    return names
+
+
+# ---- REPORT.md --------------------------------------------------------------------------------------------
+
+def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], facts: list[str], plots: list[str],
+                    config: dict) -> str:
+    data = ", ".join(f"{k} {v['examples']} ({v['file']})" for k, v in h["data"].items())
+    lines = ["# SFT vs GRPO vs SFT -> GRPO: results", ""]
+    if h["builtin_model"]:
+        lines += ["> **Not a TinyLlama result.** These numbers come from the built-in tiny model trained from "
+                  "scratch, not from TinyLlama-1.1B-Chat as in the paper.", ""]
+    lines += [f"- model: {h['model']}", f"- data: {data}", f"- seed: {h['seed']}",
+              f"- machine: {h['cpu']}; training device: {h['training_device']}; torch threads: {h['torch_threads']}; "
+              f"OMP_NUM_THREADS: {h['omp_num_threads']}",
+              f"- date: {h['date']}; total wall time of the runs: {h['runs_wall_time_s']:.0f} s; this compare.py "
+              f"invocation: {h['invocation_seconds']:.0f} s (runs kept from before: {', '.join(h['kept']) or 'none'})",
+              f"- command: `{h['command']}`", ""]
+    lines += ["## Results (the paper's table)", "",
+              "Greedy decoding. SE: binomial standard error sqrt(p(1-p)/n). Per-operation columns: held-out accuracy. "
+              "Train s: time in training steps (evaluation and checkpoint saving excluded); tokens: prompt + "
+              "completion tokens processed in training; peak MB: peak GPU memory, or the process's peak RSS on CPU.",
+              "", results_table(rows), ""]
+    ratio = next(c for c in claims if c["id"] == "b")["comparisons"][0]
+    lines += [f"GRPO / SFT training time: **{ratio['total_ratio']:.2f}x** in total, {ratio['per_step_ratio']:.2f}x "
+              "per step (the paper claims 3-4x).", ""]
+    if diversity:
+        lines += ["## Diversity of sampled answers", "",
+                  f"{config['diversity_samples']} samples per prompt (temperature {config['diversity_temperature']:g}, "
+                  f"top_p {config['diversity_top_p']:g}). pass@K: a prompt with at least one right sample; majority "
+                  "vote: the most common extracted answer (ties: first seen); distinct: per prompt, ± SE over "
+                  "prompts (mathrl/diversity.py).", "", diversity_table(diversity), ""]
+    lines += ["## The paper's claims, checked", "",
+              "Differences within 2 standard errors are \"inconclusive\" (mathrl/claims.py).", ""]
+    for c in claims:
+        parts = [f"{x['runs']}: **{x['verdict']}** ({x['evidence']})" for x in c["comparisons"]]
+        lines.append(f"- **({c['id']}) {c['claim']}**: " + "; ".join(parts))
+    lines.append("")
+    if facts:
+        lines += ["## Notes", ""] + [f"- {f}" for f in facts] + [""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "Sample completions: [samples.md](samples.md)", ""]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, targets: list, config: dict, context: dict) -> Path:
+    """Write REPORT.md, results.json, samples.md and the plots into `out`; returns REPORT.md's path."""
+    runs = {t.name: load_run(t, config) for t in targets}
+    h = header(runs, config, context)
+    rows = {name: row(run) for name, run in runs.items()}
+    diversity = diversity_rows(runs)
+    claims = check_claims(runs, config["convergence_fraction"])
+    facts = notes(runs)
+    plots = plot(out, runs)
+    (out / "samples.md").write_text(samples_markdown(runs, config["num_report_samples"]))
+    results = {"header": h, "runs": rows, "diversity": diversity, "claims": claims, "notes": facts, "plots": plots}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report = out / "REPORT.md"
+    report.write_text(report_markdown(h, rows, diversity, claims, facts, plots, config))
+    return report
