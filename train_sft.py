@@ -89,7 +89,7 @@ def causal_lm_loss(model, batch: dict) -> torch.Tensor:
     values of such leading columns are the same in every row, so they are computed once, on one row, and shared
     by all (gradients from every row flow back into them); their logits would score only unlabelled tokens.
     Columns after the last labelled token are not run at all: nothing they produce reaches the loss. The labelled
-    tokens' logits are exactly those of the one full pass, so loss and gradients are the same.
+    tokens' logits are those of the one full pass (to float rounding), so loss and gradients are the same.
     """
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [B, T]
     # Columns holding a scored label (a label in column 0 is never scored: nothing comes before it).

@@ -1,0 +1,146 @@
+"""Shared plumbing of the benchmarks: thread pinning, timers, summaries, environment facts, JSON output.
+
+Imported first by bench_grpo.py and bench_sft.py: it pins OMP/MKL to the requested thread count before torch is
+imported and puts the repository root on sys.path, so the benchmarks import the repo's own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = REPO_ROOT / "bench" / "out"
+
+
+def pin_threads(argv: list[str]) -> int:
+    """Read --threads N from argv (default 1) and pin every thread pool to it; call before importing torch."""
+    threads = 1
+    for i, token in enumerate(argv):
+        if token == "--threads" and i + 1 < len(argv):
+            threads = int(argv[i + 1])
+        elif token.startswith("--threads="):
+            threads = int(token.split("=", 1)[1])
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    os.chdir(REPO_ROOT)  # the configs name data files relative to the repository root
+    return threads
+
+
+def set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+
+
+def sync(device) -> None:
+    """Wait for queued GPU work, so a wall-clock reading covers it (a no-op on CPU)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+
+
+class PhaseTimer:
+    """Accumulates wall time per named phase for the current step (reset() starts a new step)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.current: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.current = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.current[name] = self.current.get(name, 0.0) + seconds
+
+    @contextmanager
+    def phase(self, name: str):
+        sync(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self.add(name, time.perf_counter() - start)
+
+    def wrap(self, name, fn, classify=None):
+        """fn, timed under `name` (or under classify(*args, **kwargs) when given)."""
+        def timed(*args, **kwargs):
+            with self.phase(classify(*args, **kwargs) if classify else name):
+                return fn(*args, **kwargs)
+        return timed
+
+
+def summarize(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "mean": statistics.fmean(values), "n": len(values), "all": values}
+
+
+def phase_medians(steps: list[dict[str, float]], total: float) -> dict:
+    """Median seconds of each phase over the steps, and its share of the median step time."""
+    names = sorted({name for step in steps for name in step})
+    out = {}
+    for name in names:
+        median = statistics.median(step.get(name, 0.0) for step in steps)
+        out[name] = {"median_s": median, "share": median / total if total else 0.0}
+    return out
+
+
+def environment(threads: int, device) -> dict:
+    import torch
+    import transformers
+
+    try:
+        import trl
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = None
+    try:
+        import accelerate
+        accelerate_version = accelerate.__version__
+    except ImportError:
+        accelerate_version = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "accelerate": accelerate_version, "trl": trl_version, "cpu": cpu, "cpu_count": os.cpu_count(),
+        "threads": threads, "torch_num_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "device": str(device),
+    }
+    if getattr(device, "type", None) == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other jobs on the machine show up here."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
