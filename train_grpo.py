@@ -40,7 +40,7 @@ from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.generation import evaluate_sets, generate_ids, generation_config, load_eval_sets
-from mathrl.modeling import load_model_and_tokenizer, make_accelerator
+from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.prompts import prompt_ids
 from mathrl.rl_math import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_logprobs,
                             completion_mask, group_advantages, grpo_loss)
@@ -182,8 +182,7 @@ def main() -> None:
 
     # ---- optimizer and schedule ---------------------------------------------------------------------
     total_updates = config["num_train_steps"] * config["num_iterations"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
-                                  weight_decay=config["weight_decay"])
+    optimizer = make_optimizer(model, config)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_updates)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)

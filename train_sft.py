@@ -38,7 +38,7 @@ from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.generation import evaluate_sets, load_eval_sets
-from mathrl.modeling import load_model_and_tokenizer, make_accelerator
+from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.prompts import encode_example
 from mathrl.rl_math import IGNORE_INDEX, sft_labels
 
@@ -146,8 +146,7 @@ def main() -> None:
     # ---- optimizer and schedule ---------------------------------------------------------------------
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
     total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
-                                  weight_decay=config["weight_decay"])
+    optimizer = make_optimizer(model, config)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 

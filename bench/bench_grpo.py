@@ -46,7 +46,8 @@ import train_grpo  # noqa: E402
 from mathrl.config import resolve_config  # noqa: E402
 from mathrl.data import load_jsonl  # noqa: E402
 from mathrl.generation import generation_config  # noqa: E402
-from mathrl.modeling import load_model_and_tokenizer, load_tokenizer, make_accelerator, resolve_model_path  # noqa: E402
+from mathrl.modeling import (load_model_and_tokenizer, load_tokenizer, make_accelerator, make_optimizer,  # noqa: E402
+                             resolve_model_path)
 from reward_model import MathRewardModel  # noqa: E402
 from transformers import TrainerCallback, get_cosine_schedule_with_warmup, set_seed  # noqa: E402
 
@@ -131,8 +132,7 @@ class OursGRPO:
                                                  config["seed"])
         self.gen_config = generation_config(self.tokenizer, config["max_completion_length"], True,
                                             config["temperature"], config["top_p"])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
-                                      weight_decay=config["weight_decay"])
+        optimizer = make_optimizer(model, config)
         scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.unwrapped = self.accelerator.unwrap_model(self.model)

@@ -37,7 +37,8 @@ set_torch_threads(THREADS)
 import train_sft  # noqa: E402
 from mathrl.config import resolve_config  # noqa: E402
 from mathrl.data import load_jsonl  # noqa: E402
-from mathrl.modeling import load_model_and_tokenizer, load_tokenizer, make_accelerator, resolve_model_path  # noqa: E402
+from mathrl.modeling import (load_model_and_tokenizer, load_tokenizer, make_accelerator, make_optimizer,  # noqa: E402
+                             resolve_model_path)
 from mathrl.prompts import completion_text  # noqa: E402
 from transformers import TrainerCallback, get_cosine_schedule_with_warmup, set_seed  # noqa: E402
 
@@ -61,8 +62,7 @@ class OursSFT:
         self.accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
         model, tokenizer = load_model_and_tokenizer(config["model_name"], config)
         loader = train_sft.build_train_loader(load_jsonl(config["train_file"]), tokenizer, config)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
-                                      weight_decay=config["weight_decay"])
+        optimizer = make_optimizer(model, config)
         scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler)

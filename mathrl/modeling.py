@@ -148,3 +148,9 @@ def make_accelerator(config: dict, gradient_accumulation_steps: int = 1) -> Acce
     if precision not in ("no", "bf16", "fp16"):
         raise UserError(f'mixed_precision "{precision}": expected auto, no, bf16 or fp16')
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps)
+
+
+def make_optimizer(model, config: dict) -> torch.optim.AdamW:
+    """AdamW as both trainers use it (betas, weight decay and learning rate from the config)."""
+    return torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"],
+                             betas=(config["adam_beta1"], config["adam_beta2"]))
