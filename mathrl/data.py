@@ -12,15 +12,18 @@ How this departs from the paper:
   Ranges: + and - take operands 0-99 (a >= b for -, so no negative answers); * has one operand 0-12 and
   the other 0-99 (either order); / is exact, divisor 1-12 and quotient 0-99 (so 144 / 12 is possible).
 - For models smaller than TinyLlama we add tiny_* sets drawn from a small closed pool: + and - with
-  operands 0-20 (a >= b for -), * with operands 0-12, / with divisor 1-12 and quotient 0-12. About 20% of
+  operands 0-30 (a >= b for -), * with operands 0-12, / with divisor 1-12 and quotient 0-12. About 20% of
   each operation is held out as tiny_eval; the rest is tiny_train. A held-out problem should be
   answerable from what training can teach: + and - through the carry/borrow rule, but a multiplication
   fact never shown in any form cannot be inferred. So held-out * and / problems are drawn only among those
   whose twin stays in training (b * a for a * b; a / q for a / b = q): held-out * and / accuracy measures
   whether the model learned the symmetry, not whether it can guess an unseen fact. (With a plain random
   split, a 1M-parameter model trained to near-zero train loss scored 35% on held-out * and 42% on /.)
+  The +/- range is 0-30 rather than 0-20 because the tiny model generalises the carry rule only when
+  memorising the training problems is not enough: with 0-20 (353 training additions) it plateaued near 70%
+  held-out, with 0-30 (769) it passed 85% in the same number of steps.
 - tiny_ood holds two shifts, labelled by its "ood" key:
-  "operands": standard phrasing, operands outside the pool (+ / - with an operand 21-40, * with an
+  "operands": standard phrasing, operands outside the pool (+ / - with an operand 31-50, * with an
   operand 13-15, / with quotient 13-15);
   "phrasing": other wordings ("Compute 17 - 6.", "What is 9 plus 3?", "7 × 8 = ?") of problems taken from
   tiny_eval. We take them from the eval pairs, not the train pairs, so that phrasing is the only thing
@@ -207,8 +210,8 @@ def paper_pools() -> dict[str, list[Pair]]:
 def tiny_pools() -> dict[str, list[Pair]]:
     """All (a, b) per operation for the tiny-model sets; every one lands in tiny_train or tiny_eval."""
     return {
-        "+": [(a, b) for a in range(21) for b in range(21)],
-        "-": [(a, b) for a in range(21) for b in range(a + 1)],
+        "+": [(a, b) for a in range(31) for b in range(31)],
+        "-": [(a, b) for a in range(31) for b in range(a + 1)],
         "*": [(a, b) for a in range(13) for b in range(13)],
         "/": [(b * q, b) for b in range(1, 13) for q in range(13)],
     }
@@ -217,8 +220,8 @@ def tiny_pools() -> dict[str, list[Pair]]:
 def tiny_ood_operand_pools() -> dict[str, list[Pair]]:
     """(a, b) just outside the tiny pools, so every one is new to a model trained on tiny_train."""
     return {
-        "+": [(a, b) for a in range(41) for b in range(41) if max(a, b) >= 21],
-        "-": [(a, b) for a in range(21, 41) for b in range(a + 1)],
+        "+": [(a, b) for a in range(51) for b in range(51) if max(a, b) >= 31],
+        "-": [(a, b) for a in range(31, 51) for b in range(a + 1)],
         "*": _both_orders([(a, b) for a in range(13, 16) for b in range(13)]),
         "/": [(b * q, b) for b in range(1, 13) for q in range(13, 16)],
     }

@@ -83,8 +83,8 @@ def test_every_operation_is_present_in_train_and_eval(datasets, train, held_out)
 
 def test_tiny_split_covers_the_pool_with_about_20_percent_held_out(datasets):
     n_train, n_eval = len(datasets["tiny_train.jsonl"]), len(datasets["tiny_eval.jsonl"])
-    # 441 (+, 0-20) + 231 (-, a >= b) + 169 (*, 0-12) + 156 (/, exact) problems in the tiny pool.
-    assert n_train + n_eval == 997
+    # 961 (+, 0-30) + 496 (-, a >= b) + 169 (*, 0-12) + 156 (/, exact) problems in the tiny pool.
+    assert n_train + n_eval == 1782
     assert 0.18 < n_eval / (n_train + n_eval) < 0.22
 
 
