@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, set_seed
 
 from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_checkpoint,
-                               training_state)
+                               save_final, training_state)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
@@ -226,15 +226,10 @@ def main() -> None:
     progress.close()
 
     # ---- save -----------------------------------------------------------------------------------------
-    summary = clock.summary(step=step, final_eval_accuracy=accuracy, init_from=init_from,
-                            stopped_by_time=stopped_by_time)
-    final = save_checkpoint(output_dir, "final", unwrapped, tokenizer, config,
-                            training_state(optimizer, scheduler, step), summary)
     metrics.close()
     samples_log.close()
-    stop = " (time budget reached)" if stopped_by_time else ""
-    print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps{stop}, "
-          f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
+    save_final(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step=step,
+               accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
 
 
 def grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model, optimizer,

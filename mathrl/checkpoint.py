@@ -73,6 +73,19 @@ def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
     return target
 
 
+def save_final(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, *, step: int,
+               accuracy: float, init_from: str, stopped_by_time: bool) -> Path:
+    """Write OUTPUT_DIR/final/ with the run summary and say where it is; the last phase of both trainers."""
+    summary = clock.summary(step=step, final_eval_accuracy=accuracy, init_from=init_from,
+                            stopped_by_time=stopped_by_time)
+    final = save_checkpoint(output_dir, "final", model, tokenizer, config,
+                            training_state(optimizer, scheduler, step), summary)
+    stop = " (time budget reached)" if stopped_by_time else ""
+    print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps{stop}, "
+          f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
+    return final
+
+
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per line, flushed as written so a crashed run keeps its curve."""
 
