@@ -245,6 +245,7 @@ def grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config,
             ref_logp = sequence_logprobs(reference, rollout_, config["temperature"])  # [N, L]
 
     old_logp, loss_stats, grad_norm = None, {}, 0.0
+    lr = scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
     for iteration in range(config["num_iterations"]):
         logp = sequence_logprobs(model, rollout_, config["temperature"])  # [N, L]
         if iteration == 0 and config["num_iterations"] > 1:
@@ -278,7 +279,7 @@ def grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config,
         "completion_length_max": int(lengths.max()),
         "truncated_fraction": truncated.float().mean().item(),
         "grad_norm": grad_norm,
-        "lr": scheduler.get_last_lr()[0],
+        "lr": lr,
         "generation_seconds": rollout_.seconds,
         "generated_tokens_per_s": num_generated / max(rollout_.seconds, 1e-9),
         "_tokens": int(rollout_.attention_mask.sum()),

@@ -161,6 +161,7 @@ def main() -> None:
     model.train()
     while step < total_steps and not stopped_by_time:
         for batch in train_loader:
+            lr = scheduler.get_last_lr()[0]  # the rate this step's update uses (logged after the scheduler moves)
             loss, grad_norm = train_step(model, batch, optimizer, scheduler, accelerator, config["max_grad_norm"])
             batch_tokens = int(batch["attention_mask"].sum())
             window_tokens += batch_tokens
@@ -176,7 +177,7 @@ def main() -> None:
             if step % config["log_every"] == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 metrics.log({"step": step, "epoch": round(epoch, 3), "loss": loss.item(),
-                             "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                             "lr": lr, "grad_norm": float(grad_norm),
                              "tokens_per_s": window_tokens / elapsed, "elapsed_s": clock.train_seconds()})
                 progress.set_postfix(loss=f"{loss.item():.3f}")
                 window_tokens, window_start = 0, time.perf_counter()

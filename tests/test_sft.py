@@ -117,6 +117,9 @@ def test_smoke_metrics(sft_runs):
     assert [r["step"] for r in losses] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in losses)
     assert all(math.isfinite(r["grad_norm"]) for r in losses)
+    # The rate each logged step's update used: cosine over 3 steps with no warmup, lr 3e-3 (configs/tiny.yaml):
+    # 3e-3 * 0.5 * (1 + cos(pi * k / 3)) for k = 0, 1, 2 -> 3e-3, 2.25e-3, 0.75e-3.
+    assert [r["lr"] for r in losses] == pytest.approx([3e-3, 2.25e-3, 0.75e-3])
     evals = [r for r in records if "eval_accuracy" in r]
     assert len(evals) == 1 and evals[0]["step"] == 3
     assert 0.0 <= evals[0]["eval_accuracy"] <= 1.0 and 0.0 <= evals[0]["ood_accuracy"] <= 1.0
