@@ -34,8 +34,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, set_seed
 
-from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_checkpoint,
-                               save_final, training_state)
+from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_final,
+                               save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
@@ -217,10 +217,8 @@ def main() -> None:
             metrics.log({"step": step, **record, "elapsed_s": train_seconds})
             accuracy = record["eval_accuracy"]
             progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
-        if config["save_every"] and step % config["save_every"] == 0 and not last:
-            with clock.paused():
-                save_checkpoint(output_dir, f"step_{step}", unwrapped, tokenizer, config,
-                                training_state(optimizer, scheduler, step), clock.summary(step=step))
+        if not last:  # the last step is saved as final/
+            save_periodic(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step)
         if last:
             break
     progress.close()

@@ -73,6 +73,14 @@ def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
     return target
 
 
+def save_periodic(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, step: int) -> None:
+    """OUTPUT_DIR/step_N/ every save_every steps (0: never), outside the training clock."""
+    if config["save_every"] and step % config["save_every"] == 0:
+        with clock.paused():
+            save_checkpoint(output_dir, f"step_{step}", model, tokenizer, config,
+                            training_state(optimizer, scheduler, step), clock.summary(step=step))
+
+
 def save_final(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, *, step: int,
                accuracy: float, init_from: str, stopped_by_time: bool) -> Path:
     """Write OUTPUT_DIR/final/ with the run summary and say where it is; the last phase of both trainers."""
