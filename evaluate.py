@@ -50,7 +50,7 @@ def sampled_diversity(model, tokenizer, examples: list[dict], config: dict, k: i
     return {**metrics, "temperature": temperature, "top_p": top_p}, texts
 
 
-def evaluate_checkpoint(ckpt: str, eval_files: list[str], config: dict, accelerator,
+def evaluate_checkpoint(ckpt: str, eval_sets: dict[str, list[dict]], config: dict, accelerator,
                         sampling: dict | None = None) -> list[dict]:
     """One result dict per eval file (predictions included); `sampling` ({k, temperature, top_p}) adds
     a "diversity" dict and each prediction's "samples"."""
@@ -58,8 +58,7 @@ def evaluate_checkpoint(ckpt: str, eval_files: list[str], config: dict, accelera
     model, tokenizer = load_model_and_tokenizer(ckpt, config)
     model = model.to(accelerator.device)
     results = []
-    for eval_file in eval_files:
-        examples = load_jsonl(eval_file)
+    for eval_file, examples in eval_sets.items():
         with accelerator.autocast():
             result = greedy_accuracy(model, tokenizer, examples, config)
             if sampling:
@@ -126,14 +125,13 @@ def main() -> None:
         raise UserError("--samples must be >= 0, --temperature > 0 and --top_p in (0, 1]")
     sampling = {"k": args.samples, "temperature": args.temperature, "top_p": args.top_p} if args.samples else None
     eval_files = args.eval_file or [f for f in (config["eval_file"], config["ood_eval_file"]) if f]
-    for eval_file in eval_files:
-        load_jsonl(eval_file)  # fail on a bad file before any model is loaded
+    eval_sets = {f: load_jsonl(f) for f in eval_files}  # read once, and fail on a bad file before any model loads
 
     # ---- evaluate ---------------------------------------------------------------------------------------
     accelerator = make_accelerator(config)
     results = []
     for ckpt in args.ckpt:
-        results += evaluate_checkpoint(ckpt, eval_files, config, accelerator, sampling)
+        results += evaluate_checkpoint(ckpt, eval_sets, config, accelerator, sampling)
 
     # ---- report ---------------------------------------------------------------------------------------
     output = Path(config["output"]) if config["output"] else default_output(args.ckpt)
