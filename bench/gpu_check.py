@@ -19,7 +19,8 @@ measurement. Each part is the repo's own code path, timed with CUDA synchronisat
               exactly max_new_tokens tokens. On CPU (and with --no_compile) the static cache runs uncompiled
   compare     compare.py end to end, small step counts, bf16 on the device, on builtin:tinyllama-mini: with
               tinyllama-random each of its checkpoints (weights + AdamW state) would be 13 GB
-A part that does not finish within --budget_s (default 480 s, counted from the start) is skipped and says so.
+A part that would start after --budget_s (default 420 s from the start, so that the part then running, often
+compare.py, still ends within 8 minutes) is skipped and listed in the JSON under "skipped".
 Model weights are random, so generation never stops early and accuracies mean nothing.
 """
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import sys
 
-from common import OUT_DIR, REPO_ROOT, environment, pin_threads, set_torch_threads, summarize, sync, write_json
+from common import OUT_DIR, REPO_ROOT, PhaseTimer, environment, pin_threads, set_torch_threads, summarize, write_json
 
 THREADS = pin_threads(sys.argv[1:])
 
@@ -36,7 +37,6 @@ import copy  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -79,23 +79,6 @@ class Budget:
         return self.end - time.perf_counter()
 
 
-class Stopwatch:
-    """Seconds of a block, with the device synchronised at both ends."""
-
-    def __init__(self, device):
-        self.device = device
-
-    @contextmanager
-    def __call__(self, into: dict, name: str):
-        sync(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            sync(self.device)
-            into[name] = into.get(name, 0.0) + time.perf_counter() - start
-
-
 def peak_tflops(device, override: float | None) -> float | None:
     if override:
         return override
@@ -132,7 +115,7 @@ def timed_runs(fn, steps: int, warmup: int) -> list:
 
 def measure_sft(model, optimizer, scheduler, tokenizer, config, accelerator, scale, peak) -> dict:
     """Non-pad tokens/s, MFU and peak memory of train_sft.train_step at each batch size until one does not fit."""
-    device, watch = accelerator.device, Stopwatch(accelerator.device)
+    device, timer = accelerator.device, PhaseTimer(accelerator.device)
     num_params = sum(p.numel() for p in model.parameters())
     examples = load_jsonl(config["train_file"])
     rows = []
@@ -143,10 +126,10 @@ def measure_sft(model, optimizer, scheduler, tokenizer, config, accelerator, sca
 
         def step():
             batch = {k: v.to(device) for k, v in next(loader).items()}
-            times = {}
-            with watch(times, "seconds"):
+            timer.reset()
+            with timer.phase("step"):
                 train_sft.train_step(model, batch, optimizer, scheduler, accelerator, config["max_grad_norm"])
-            return times["seconds"], int(batch["attention_mask"].sum())
+            return timer.current["step"], int(batch["attention_mask"].sum())
 
         reset_peak(device)
         try:
@@ -179,35 +162,34 @@ def measure_sft(model, optimizer, scheduler, tokenizer, config, accelerator, sca
 def grpo_phases(model, reference, tokenizer, batch, config, gen_config, reward_model, optimizer, scheduler,
                 accelerator) -> dict:
     """train_grpo.grpo_step's work for one generation and one update, each phase timed on its own."""
-    times, watch, temperature = {}, Stopwatch(accelerator.device), config["temperature"]
-    with watch(times, "step"):
-        with watch(times, "generation"):
+    timer, temperature = PhaseTimer(accelerator.device), config["temperature"]
+    with timer.phase("step"):
+        with timer.phase("generation"):
             rollout = train_grpo.rollout(accelerator.unwrap_model(model), tokenizer, batch, config, gen_config)
         scored = train_grpo.score(rollout, batch, reward_model, config["group_size"])
         advantages = train_grpo.group_advantages(scored["total"].to(rollout.sequences.device),
                                                  config["group_size"], config["advantage_mode"])  # [N]
-        with watch(times, "reference_forward"), torch.no_grad():
+        with timer.phase("reference_forward"), torch.no_grad():
             ref_logp = train_grpo.sequence_logprobs(reference, rollout, temperature)  # [N, L]
-        with watch(times, "policy_forward"):
+        with timer.phase("policy_forward"):
             logp = train_grpo.sequence_logprobs(model, rollout, temperature)  # [N, L]
             loss, _ = train_grpo.grpo_loss(logp, ref_logp, None, advantages, rollout.mask,
                                            loss_type=config["loss_type"], kl_coeff=config["kl_coeff"],
                                            kl_estimator=config["kl_estimator"],
                                            aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
                                            max_completion_length=config["max_completion_length"])
-        with watch(times, "backward"):
+        with timer.phase("backward"):
             accelerator.backward(loss)
-        with watch(times, "optimizer"):
+        with timer.phase("optimizer"):
             accelerator.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-    times["generated_tokens"] = int(rollout.mask.sum())
-    return times
+    return {**timer.current, "generated_tokens": int(rollout.mask.sum())}
 
 
 def measure_grpo(model, reference, optimizer, scheduler, tokenizer, accelerator, scale, model_name) -> list[dict]:
-    rows, watch = [], Stopwatch(accelerator.device)
+    rows, timer = [], PhaseTimer(accelerator.device)
     for prompts, group, new_tokens in scale["grpo_shapes"]:
         config = resolve_config("grpo", None, ["--model_name", model_name, "--batch_size", str(prompts),
                                                "--group_size", str(group), "--max_completion_length",
@@ -220,11 +202,11 @@ def measure_grpo(model, reference, optimizer, scheduler, tokenizer, accelerator,
         rest = (config, gen_config, reward_model, optimizer, scheduler, accelerator)
 
         def whole_step():
-            times = {}
-            with watch(times, "step"):
+            timer.reset()
+            with timer.phase("step"):
                 record = train_grpo.grpo_step(model, accelerator.unwrap_model(model), reference, tokenizer,
                                               next(batches), *rest)
-            return times["step"], record["generated_tokens_per_s"]
+            return timer.current["step"], record["generated_tokens_per_s"]
 
         reset_peak(accelerator.device)
         with accelerator.autocast():
@@ -252,15 +234,16 @@ def measure_evaluation(model, tokenizer, accelerator, scale, model_name) -> dict
     config = resolve_config("evaluate", None, ["--model_name", model_name, "--max_completion_length",
                                                str(scale["eval_new_tokens"])])
     examples = load_jsonl(EVAL_FILE)[: scale["eval_prompts"]]
-    watch, out = Stopwatch(accelerator.device), {}
+    timer, out = PhaseTimer(accelerator.device), {}
     for name, prompts, batch_size in (("batched", examples, config["eval_batch_size"]),
                                       ("one_by_one", examples[: scale["one_by_one_prompts"]], 1)):
-        times = {}
+        timer.reset()
         reset_peak(accelerator.device)
-        with accelerator.autocast(), watch(times, "seconds"):
+        with accelerator.autocast(), timer.phase("seconds"):
             result = greedy_accuracy(model, tokenizer, prompts, config, batch_size=batch_size)
-        out[name] = {"examples": len(prompts), "batch_size": batch_size, "seconds": times["seconds"],
-                     "examples_per_s": len(prompts) / times["seconds"],
+        seconds = timer.current["seconds"]
+        out[name] = {"examples": len(prompts), "batch_size": batch_size, "seconds": seconds,
+                     "examples_per_s": len(prompts) / seconds,
                      "mean_completion_tokens": result["mean_completion_tokens"],
                      "peak_memory_mb": peak_mb(accelerator.device)}
         print(f"evaluation {name}: {out[name]['examples_per_s']:.2f} examples/s over {len(prompts)} prompts")
@@ -273,7 +256,7 @@ def measure_evaluation(model, tokenizer, accelerator, scale, model_name) -> dict
 
 def measure_generation(model, tokenizer, accelerator, scale, compile_static: bool) -> dict:
     """Generated tokens/s of one greedy generate call: dynamic cache vs static cache (+ torch.compile)."""
-    watch = Stopwatch(accelerator.device)
+    timer = PhaseTimer(accelerator.device)
     prompts = [prompt_ids(tokenizer, e["prompt"], "chat", 128)
                for e in load_jsonl(EVAL_FILE)[: scale["generation_batch"]]]
     new_tokens = scale["generation_new_tokens"]
@@ -286,10 +269,10 @@ def measure_generation(model, tokenizer, accelerator, scale, compile_static: boo
             gen_config.disable_compile = not compile_static  # transformers compiles a static cache on CUDA
 
         def call():
-            times = {}
-            with accelerator.autocast(), watch(times, "seconds"):
+            timer.reset()
+            with accelerator.autocast(), timer.phase("seconds"):
                 sequences, width = generate_ids(model, tokenizer, prompts, gen_config)
-            return times["seconds"], sequences[:, width:].numel()
+            return timer.current["seconds"], sequences[:, width:].numel()
 
         first_seconds, _ = call()  # includes torch.compile's compilation and CUDA graph capture when compiled
         runs = timed_runs(call, scale["steps"], 0)
@@ -342,7 +325,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--no_compile", action="store_true",
                         help="run the static cache uncompiled (transformers compiles it only on a GPU anyway)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="dense bf16 peak, if the card is unknown")
-    parser.add_argument("--budget_s", type=float, default=480.0, help="skip the parts that start after this")
+    parser.add_argument("--budget_s", type=float, default=420.0, help="skip the parts that would start after this")
     parser.add_argument("--work_dir", type=Path, default=OUT_DIR / "gpu_check_work", help="compare.py's runs")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/out/gpu_<scale>_<device>.json")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (read before torch is imported)")

@@ -1,7 +1,9 @@
 """The paper's pipeline in chat format on builtin:tinyllama-mini, the TinyLlama-1.1B-Chat stand-in: SFT, GRPO
-with a reference model (from the SFT checkpoint), evaluate and both inference scripts, each a real process exiting
-0 and writing what it writes (compare.py on the stand-in runs in tests/test_gpu_check.py); and the bf16 GRPO run at learning rate 0 of issue 7, whose KL and
-gradient norm must be exactly 0. Every run is seconds long; the accuracies of a random model mean nothing.
+with a reference model (from the SFT checkpoint), evaluate and both inference scripts, each run as
+`python SCRIPT ARGS` would run (in this process, to skip interpreter start-up), exiting 0 and writing what it
+writes; and the bf16 GRPO run at learning rate 0 of issue 7, whose KL and gradient norm must be exactly 0.
+compare.py on the stand-in runs in tests/test_gpu_check.py. Every run is seconds long; the accuracies of a
+random model mean nothing.
 """
 
 import json

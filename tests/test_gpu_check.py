@@ -73,6 +73,15 @@ def test_compare_ran_end_to_end_on_the_stand_in(check):
         assert "prompt_format: chat" in config and "mixed_precision: bf16" in config, name
 
 
+def test_parts_past_the_budget_are_skipped_and_listed(tmp_path, script_runner):
+    returncode, stdout, stderr = script_runner("bench/gpu_check.py", "--scale", "mini", "--device", "cpu",
+                                               "--budget_s", "0", "--out", tmp_path / "gpu.json")
+    assert returncode == 0, stdout + stderr
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["skipped"] == ["sft", "grpo", "evaluation", "generation", "compare"]
+    assert "sft: skipped, --budget_s 0 spent" in stdout and "sft" not in report
+
+
 def test_cuda_without_a_gpu_is_a_clear_error(script_runner):
     import torch
 

@@ -23,6 +23,7 @@ REFERENCE_TEMPLATE = (
     "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
 )
 CHAT = {"prompt_format": "chat", "max_prompt_length": 128, "max_completion_length": 16}
+MINI = {"model_name": "builtin:tinyllama-mini"}
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +114,16 @@ def test_answer_after_the_assistant_marker_has_no_word_marker(tok):
 
 def conversation_ids(tokenizer, prompt: str, answer: str) -> list[int]:
     """BOS + the whole conversation as the chat template renders it, up to the EOS closing the answer's turn."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
-                                         tokenize=False)
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
     ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[: len(ids) - ids[::-1].index(tokenizer.eos_token_id)]  # through the last EOS
 
 
-EXAMPLES = load_jsonl(REPO_ROOT / "data/math_tasks_eval.jsonl")[:40] + load_jsonl(REPO_ROOT / "data/tiny_ood.jsonl")[::20]
+# Paper-style problems, other phrasings ("Compute", "Calculate") and the ones spelled with × and ÷ (byte pieces).
+OOD = load_jsonl(REPO_ROOT / "data/tiny_ood.jsonl")
+EXAMPLES = load_jsonl(REPO_ROOT / "data/math_tasks_eval.jsonl")[:40] + OOD[::20] + \
+    [e for e in OOD if not e["prompt"].isascii()]
 
 
 def test_every_chat_prompt_starts_with_exactly_one_bos(tok):
@@ -140,7 +144,8 @@ def test_eos_ends_every_completion_once(tok):
     for example in EXAMPLES:
         _, c = encode_example(tok, example, CHAT)
         assert c[-1] == tok.eos_token_id and c.count(tok.eos_token_id) == 1
-    _, cut = encode_example(tok, {"prompt": "What is 1 + 1?", "answer": "123456789"}, {**CHAT, "max_completion_length": 4})
+    _, cut = encode_example(tok, {"prompt": "What is 1 + 1?", "answer": "123456789"},
+                            {**CHAT, "max_completion_length": 4})
     assert pieces(tok, cut) == ["1", "2", "3", "</s>"]
 
 
@@ -196,8 +201,8 @@ def test_mini_standin_is_reproducible_from_its_seed(mini, tmp_path, monkeypatch)
 
     _, model, _ = mini
     monkeypatch.setattr(modeling, "BUILTIN_DIR", tmp_path)
-    rebuilt, _ = load_model_and_tokenizer("builtin:tinyllama-mini", {"model_name": "builtin:tinyllama-mini", "seed": 42})
-    other, _ = load_model_and_tokenizer("builtin:tinyllama-mini", {"model_name": "builtin:tinyllama-mini", "seed": 7})
+    rebuilt, _ = load_model_and_tokenizer("builtin:tinyllama-mini", {**MINI, "seed": 42})
+    other, _ = load_model_and_tokenizer("builtin:tinyllama-mini", {**MINI, "seed": 7})
     for (name, a), b, c in zip(model.named_parameters(), rebuilt.parameters(), other.parameters()):
         assert torch.equal(a, b), name
     assert not torch.equal(model.lm_head.weight, other.lm_head.weight)
