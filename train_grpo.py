@@ -182,7 +182,7 @@ def main() -> None:
     eval_sets = load_eval_sets(config)
     batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
-                                   config["top_p"])
+                                   config["top_p"], config["generation_cache"])
 
     # ---- optimizer and schedule ---------------------------------------------------------------------
     total_updates = config["num_train_steps"] * config["num_iterations"]

@@ -262,11 +262,9 @@ def measure_generation(model, tokenizer, accelerator, scale, compile_static: boo
     new_tokens = scale["generation_new_tokens"]
     out = {"batch": len(prompts), "new_tokens": new_tokens}
     for name in ("dynamic", "static"):
-        gen_config = generation_config(tokenizer, new_tokens, False)
+        gen_config = generation_config(tokenizer, new_tokens, False, cache=name)
         gen_config.min_new_tokens = new_tokens  # every row makes the same number of tokens
-        if name == "static":
-            gen_config.cache_implementation = "static"
-            gen_config.disable_compile = not compile_static  # transformers compiles a static cache on CUDA
+        gen_config.disable_compile = not compile_static  # transformers compiles a static cache on CUDA
 
         def call():
             timer.reset()

@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mathrl.checkpoint import read_metrics
 from mathrl.data import load_jsonl, write_jsonl
 from mathrl.prompts import encode_example
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, assert_user_error
 
 MODEL = "builtin:tinyllama-mini"
 PROMPT = "What is 2 + 3? Answer with an integer."
@@ -119,3 +120,34 @@ def test_bf16_grpo_at_learning_rate_0_logs_kl_and_grad_norm_exactly_0(tmp_path, 
     for m in steps:
         assert m["kl"] == 0.0 and m["zero_std_group_fraction"] == 1.0 and m["grad_norm"] == 0.0, m
     assert yaml.safe_load((tmp_path / "run/final/config.yaml").read_text())["mixed_precision"] == "bf16"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generation_cache: static (the compiled-generation option bench/gpu_check.py times on a GPU)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_static_cache_generates_what_the_dynamic_cache_does():
+    """Greedy ids with a static cache (uncompiled on CPU) equal the default's, for evaluation's batched prompts
+    and for GRPO's groups, where the static cache skips the shared-prompt prefill."""
+    from mathrl.generation import complete, generate_ids, generation_config
+    from mathrl.modeling import load_model_and_tokenizer
+    from mathrl.prompts import prompt_ids
+
+    config = {"model_name": MODEL, "seed": 42, "prompt_format": "chat", "max_prompt_length": 128,
+              "max_completion_length": 6}
+    model, tokenizer = load_model_and_tokenizer(MODEL, config)
+    prompts = [e["prompt"] for e in load_jsonl(REPO_ROOT / "data/math_tasks_eval.jsonl")[:5]]
+    texts = {cache: complete(model, tokenizer, prompts, {**config, "generation_cache": cache}, batch_size=8)
+             for cache in ("dynamic", "static")}
+    assert texts["static"] == texts["dynamic"] and any(s["text"] for (s,) in texts["dynamic"])
+    ids = [prompt_ids(tokenizer, p, "chat", 128) for p in prompts[:2]]
+    groups = {cache: generate_ids(model, tokenizer, ids, generation_config(tokenizer, 6, False, cache=cache), 3)
+              for cache in ("dynamic", "static")}
+    assert groups["static"][1] == groups["dynamic"][1]
+    assert torch.equal(groups["static"][0], groups["dynamic"][0]) and groups["static"][0].shape[0] == 6
+
+
+def test_unknown_generation_cache_is_a_clear_error(tmp_path, run):
+    returncode, _, stderr = run("train_grpo.py", "--model_name", MODEL, "--generation_cache", "paged",
+                                "--output_dir", tmp_path / "run")
+    assert_user_error(returncode, stderr, 'generation_cache "paged": expected one of dynamic, static')
