@@ -149,6 +149,14 @@ def test_eos_ends_every_completion_once(tok):
     assert pieces(tok, cut) == ["1", "2", "3", "</s>"]
 
 
+def test_plain_format_answer_keeps_its_word_marker(tok):
+    """The paper's plain format: prompt + " " + answer, so the answer's first piece is "▁" as in one encode."""
+    for example in EXAMPLES[:10]:
+        p, c = encode_example(tok, example, {**CHAT, "prompt_format": "plain"})
+        assert p + c == tok(f"{example['prompt']} {example['answer']}")["input_ids"] + [tok.eos_token_id]
+        assert pieces(tok, c)[0] == "▁" and p.count(tok.bos_token_id) == 1
+
+
 def test_long_question_is_an_error_naming_it_not_cut(tok):
     question = "What is 1 + 1? " * 20
     with pytest.raises(UserError, match=r'prompt "What is 1 \+ 1\? What is.*\.\.\." is \d+ tokens, more than '
