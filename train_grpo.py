@@ -114,6 +114,10 @@ def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tens
     keys/values are shared by the group's rows, which then run only their completion tokens: the same causal
     attention as one pass over [N, P+L] (gradients from every row flow back into the shared prompt), with the
     prompt work divided by G. Rows whose prompts all differ take the one-pass path.
+
+    Logits are cast to fp32 before the temperature division on both paths and for every model: under bf16
+    autocast only the accelerator-prepared policy returns fp32 logits, and dividing the reference's bf16 logits
+    would round only them, so identical weights would show a non-zero KL.
     """
     width = rollout.prompt_width
     num_completion = rollout.sequences.shape[1] - width
@@ -126,7 +130,7 @@ def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tens
         logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
                        position_ids=position_ids, logits_to_keep=num_completion + 1,
                        use_cache=False).logits  # [N, L+1, V]
-        return completion_logprobs(logits / temperature, window, prompt_length=1)  # [N, L]
+        return completion_logprobs(logits.float() / temperature, window, prompt_length=1)  # [N, L]
 
     # Each prompt once: its keys/values, and the logits at its last token, which score completion token 0.
     prompt_out = model(input_ids=unique[:, :width], attention_mask=unique[:, width:],
@@ -143,7 +147,7 @@ def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tens
     # completion_logprobs takes logits for all L+1 window positions but reads only the first L (the logits after
     # the last token score nothing), so a copy of the last row stands in for them.
     logits = torch.cat([logits, logits[:, -1:]], dim=1)  # [N, L+1, V]
-    return completion_logprobs(logits / temperature, window, prompt_length=1)  # [N, L]
+    return completion_logprobs(logits.float() / temperature, window, prompt_length=1)  # [N, L]
 
 
 def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, group_size: int) -> dict:
@@ -178,7 +182,7 @@ def main() -> None:
     eval_sets = load_eval_sets(config)
     batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
-                                   config["top_p"])
+                                   config["top_p"], config["generation_cache"])
 
     # ---- optimizer and schedule ---------------------------------------------------------------------
     total_updates = config["num_train_steps"] * config["num_iterations"]

@@ -15,8 +15,9 @@ How this departs from the paper:
 - The loss covers the answer tokens and a trailing EOS only (prompt and padding masked), so the model learns
   to stop after the answer; the paper's reference code trained on the whole sequence and never trained EOS.
   `--loss_on all` restores the whole-sequence loss (EOS is still appended).
-- Prompt and answer are tokenized separately (mathrl/prompts.py) and the prompt is formatted with the chat
-  template for chat models (`prompt_format: chat`); `plain` is the paper's `prompt + " " + answer`.
+- The answer's tokens are those that follow the prompt when prompt and answer are tokenized together
+  (mathrl/prompts.py), and the prompt is formatted with the chat template for chat models (`prompt_format:
+  chat`, BOS added when the template lacks it); `plain` is the paper's `prompt + " " + answer`.
 - Cosine schedule with optional warmup, gradient accumulation and mixed precision through accelerate; held-out
   greedy accuracy is measured during training, not only at the end.
 """

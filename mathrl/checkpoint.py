@@ -102,8 +102,8 @@ class MetricsLog:
         self._file = self.path.open("a")
 
     def log(self, record: dict) -> None:
-        clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
+        # Full float precision: a KL of 1e-7 between identical models is a bug to see, not to round away.
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -13,8 +13,11 @@ import torch
 from transformers import GenerationConfig
 
 from mathrl.data import load_jsonl, operation_of
+from mathrl.errors import UserError
 from mathrl.prompts import prompt_ids
 from reward_model import extract_answer
+
+GENERATION_CACHES = ("dynamic", "static")
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,13 +32,20 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 def generation_config(tokenizer, max_new_tokens: int, do_sample: bool, temperature: float = 1.0,
-                      top_p: float = 1.0) -> GenerationConfig:
-    """A complete GenerationConfig, so a checkpoint's own generation defaults never leak into a run."""
+                      top_p: float = 1.0, cache: str = "dynamic") -> GenerationConfig:
+    """A complete GenerationConfig, so a checkpoint's own generation defaults never leak into a run.
+
+    cache (config key `generation_cache`): "dynamic" is transformers' default KV cache; "static" preallocates it,
+    and transformers then compiles the decoding step with torch.compile on a GPU (bench/gpu_check.py times both).
+    """
+    if cache not in GENERATION_CACHES:
+        raise UserError(f'generation_cache "{cache}": expected one of {", ".join(GENERATION_CACHES)}')
     sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
+    static = {"cache_implementation": "static"} if cache == "static" else {}
     return GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id, **sampling,
+        bos_token_id=tokenizer.bos_token_id, **sampling, **static,
     )
 
 
@@ -49,7 +59,8 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], gen_config: Generat
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)  # [B, P]
     cache = {}
     if num_return_sequences > 1:
-        if input_ids.shape[1] > 1:
+        # (A static cache is allocated by generate() itself, so it gets no shared prefix.)
+        if input_ids.shape[1] > 1 and gen_config.cache_implementation != "static":
             # The n samples of a prompt share it: run each prompt (all but its last token) once and copy its
             # keys/values to the n rows, instead of letting generate() prefill the same prompt n times. generate()
             # then starts from the last prompt token, with the same positions and sampling as without the cache.
@@ -78,7 +89,8 @@ def complete(model, tokenizer, prompt_texts: list[str], config: dict, *, batch_s
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              num_samples: int = 1) -> list[list[dict]]:
     """Generate answers for prompts. For each prompt, `num_samples` dicts: text, num_tokens (EOS counted)."""
-    gen_config = generation_config(tokenizer, config["max_completion_length"], do_sample, temperature, top_p)
+    gen_config = generation_config(tokenizer, config["max_completion_length"], do_sample, temperature, top_p,
+                                   config.get("generation_cache", "dynamic"))
     fmt, max_prompt = config["prompt_format"], config["max_prompt_length"]
     outputs: list[list[dict]] = []
     for start in range(0, len(prompt_texts), batch_size):

@@ -1,8 +1,9 @@
-"""Models and tokenizers: a hub id, a local Hugging Face directory, or the built-in tiny model.
+"""Models and tokenizers: a hub id, a local Hugging Face directory, or a built-in model.
 
 The built-in tiny model ("builtin:tiny") is a Llama-architecture `LlamaForCausalLM` with a character-level
 tokenizer, built from a seed and saved with `save_pretrained` under checkpoints/builtin/, so it is loaded
-through exactly the same `from_pretrained` path as TinyLlama-1.1B-Chat.
+through exactly the same `from_pretrained` path as TinyLlama-1.1B-Chat. "builtin:tinyllama-random" and
+"builtin:tinyllama-mini" are offline stand-ins for TinyLlama-1.1B-Chat itself (see mathrl/standins.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from accelerate import Accelerator
 
 from mathrl.errors import UserError
+from mathrl.standins import STANDINS, build_standin
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "builtin"
@@ -67,22 +69,35 @@ def build_tiny_model(config: dict, vocab_size: int, special_ids: dict):
 
 
 def builtin_model_dir(config: dict) -> Path:
-    """Write the built-in tiny model (once per shape and seed) and return its directory."""
+    """Write a built-in model (once per shape and seed) and return its directory."""
     name = config["model_name"][len(BUILTIN_PREFIX):]
+    if name in STANDINS:
+        target = BUILTIN_DIR / f"{name}-seed{config['seed']}"
+        return _write_builtin(target, lambda: build_standin(name, config["seed"]))
     if name != "tiny":
-        raise UserError(f'model_name "{config["model_name"]}": the only built-in model is "builtin:tiny"')
+        raise UserError(f'model_name "{config["model_name"]}": the built-in models are '
+                        f'{", ".join(BUILTIN_PREFIX + n for n in ("tiny", *STANDINS))}')
     shape = "h{tiny_hidden_size}-l{tiny_num_layers}-a{tiny_num_heads}-f{tiny_intermediate_size}".format(**config)
     target = BUILTIN_DIR / f"tiny-{shape}-ctx{config['max_prompt_length'] + config['max_completion_length']}" \
                            f"-seed{config['seed']}"
-    if (target / "config.json").is_file():
-        return target
+    return _write_builtin(target, lambda: _build_tiny(config))
+
+
+def _build_tiny(config: dict):
     tokenizer = build_char_tokenizer()
     special_ids = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    model = build_tiny_model(config, len(tokenizer), special_ids)
+    return build_tiny_model(config, len(tokenizer), special_ids), tokenizer
+
+
+def _write_builtin(target: Path, build) -> Path:
+    """Write build()'s (model, tokenizer) to `target` once and return it."""
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer = build()
     # Written to a temporary directory and renamed, so concurrent or interrupted runs never see half a model.
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

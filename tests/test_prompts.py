@@ -41,8 +41,9 @@ def test_char_plain_prompt_and_completion(char_tok):
 
 def test_char_chat_prompt_ends_with_generation_marker(char_tok):
     p, c = encode_example(char_tok, EXAMPLE, fmt_config("chat"))
-    assert char_tok.decode(p) == f"user: {PROMPT}\nassistant:"
-    assert char_tok.bos_token_id not in p  # the tiny chat template has no BOS and none is added
+    assert char_tok.decode(p) == f"<s>user: {PROMPT}\nassistant:"
+    # The tiny chat template has no BOS; the tokenizer adds one to ordinary encodes, so the prompt gets it once.
+    assert p[0] == char_tok.bos_token_id and p.count(char_tok.bos_token_id) == 1
     assert c[-1] == char_tok.eos_token_id
     assert char_tok.decode(c[:-1]) == "42"  # no leading space: the template ends the prompt
 
@@ -60,13 +61,13 @@ def test_completion_of_exact_length_is_not_cut(char_tok):
 
 
 @pytest.mark.parametrize("prompt_format", ["plain", "chat"])
-def test_max_prompt_length_keeps_the_end(char_tok, prompt_format):
+def test_prompt_longer_than_max_prompt_length_is_an_error_naming_it(char_tok, prompt_format):
+    """Cutting the prompt (from the front, as before) silently lost the question: it is refused instead."""
     full = prompt_ids(char_tok, PROMPT, prompt_format, max_prompt_length=1000)
-    cut = prompt_ids(char_tok, PROMPT, prompt_format, max_prompt_length=10)
-    assert len(full) > 10
-    assert cut == full[-10:]
-    expected_tail = "n integer." if prompt_format == "plain" else "assistant:"
-    assert char_tok.decode(cut) == expected_tail
+    assert prompt_ids(char_tok, PROMPT, prompt_format, max_prompt_length=len(full)) == full  # exactly fits
+    with pytest.raises(UserError, match=rf'prompt "What is 12 \+ 30\?.*" is {len(full)} tokens, more than '
+                                        rf"max_prompt_length {len(full) - 1}"):
+        prompt_ids(char_tok, PROMPT, prompt_format, max_prompt_length=len(full) - 1)
 
 
 def test_unknown_prompt_format(char_tok):
@@ -143,23 +144,17 @@ def test_llama_like_joint_split_matches_when_merges_stay_inside_words(llama_tok)
     assert joint == p + c[:-1]
 
 
-def test_joint_tokenization_moves_the_boundary_when_merges_cross_words():
-    """Why prompt and answer are tokenized separately: with merges that cross "▁", tokenizing
-    `prompt + " " + answer` fuses the end of the prompt with the answer, so its first len(prompt ids) tokens
-    are not the prompt the model is fed at generation time and a mask at len(prompt ids) would be wrong."""
+def test_joint_tokenization_that_moves_the_boundary_is_a_clear_error():
+    """With merges that cross "▁", tokenizing `prompt + " " + answer` fuses the end of the prompt with the
+    answer, so its first len(prompt ids) tokens are not the prompt the model is fed at generation time: the
+    completion cannot be cut off it, and encoding says so instead of shifting the loss mask."""
     tok = train_llama_like(split=False)
-    p, c = encode_example(tok, EXAMPLE, fmt_config("plain"))
+    p = prompt_ids(tok, PROMPT, "plain", 128)
     joint = tok(PROMPT + " " + "42")["input_ids"]
-    assert joint != p + c[:-1]
-    assert joint[: len(p)] != p
-    # Separately tokenized pieces still hold exactly one BOS (first) and end with EOS.
-    assert p[0] == tok.bos_token_id and (p + c).count(tok.bos_token_id) == 1 and c[-1] == tok.eos_token_id
-
-
-def test_llama_like_max_prompt_length_keeps_the_end(llama_tok):
-    full = prompt_ids(llama_tok, PROMPT, "plain", 1000)
-    assert prompt_ids(llama_tok, PROMPT, "plain", 4) == full[-4:]
-    assert llama_tok.decode(full[-4:]).strip().endswith("integer.")
+    assert joint[: len(p)] != p  # control: this tokenizer really moves the boundary
+    with pytest.raises(UserError, match=r'prompt "What is 12 \+ 30.*" with answer "42": the tokenizer merges '
+                                        r"tokens across the prompt/answer boundary"):
+        encode_example(tok, EXAMPLE, fmt_config("plain"))
 
 
 def test_llama_like_completion_truncation_keeps_eos(llama_tok):
