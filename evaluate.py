@@ -15,7 +15,8 @@ majority-vote accuracy, sampled accuracy, mean distinct answers and distinct com
 (definitions in mathrl/diversity.py); each prediction then also lists its "samples".
 
 How this departs from the paper: the paper reports one accuracy; here each checkpoint is decoded greedily in
-batches (one generate call per batch, left padding), the answer is read by the reward module's extractor,
+batches (one generate call per batch, left padding), the answer is read and judged as the reward does
+(mathrl/answers.py),
 and accuracy is also split by operation, with the mean number of completion tokens (EOS included).
 Each checkpoint is prompted in the prompt_format it was trained with (from its saved config.yaml).
 """
@@ -32,7 +33,8 @@ from mathrl.config import for_checkpoint, parse_args
 from mathrl.data import OPS, load_jsonl
 from mathrl.diversity import diversity_metrics
 from mathrl.errors import UserError, run_cli
-from mathrl.generation import complete, greedy_accuracy
+from mathrl.evaluation import greedy_accuracy
+from mathrl.generation import complete
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 
 
@@ -46,7 +48,7 @@ def sampled_diversity(model, tokenizer, examples: list[dict], config: dict, k: i
                        batch_size=max(1, config["eval_batch_size"] // k), do_sample=True,
                        temperature=temperature, top_p=top_p, num_samples=k)
     texts = [[s["text"] for s in samples] for samples in outputs]
-    metrics = diversity_metrics(texts, [int(e["answer"]) for e in examples])
+    metrics = diversity_metrics(texts, examples)
     return {**metrics, "temperature": temperature, "top_p": top_p}, texts
 
 

@@ -139,7 +139,7 @@ def test_results_json_matches_each_run(experiment):
         # Diversity: recomputed from the stored samples.
         samples = [p["samples"] for p in own]
         assert all(len(x) == 2 for x in samples)
-        expected = diversity_metrics(samples, [int(p["answer"]) for p in own])
+        expected = diversity_metrics(samples, own)
         assert {k: data["diversity"][name]["held_out"][k] for k in expected} == pytest.approx(expected)
     assert data["runs"]["base"]["steps"] is None and data["runs"]["base"]["ckpt"] == "builtin:tiny"
     assert data["runs"]["warm_start"]["steps"] == 2
