@@ -31,7 +31,7 @@ from transformers import set_seed
 
 from mathrl.config import for_checkpoint, parse_args
 from mathrl.data import OPS, load_jsonl
-from mathrl.diversity import diversity_metrics
+from mathrl.diversity import diversity_metrics, diversity_table
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import greedy_accuracy
 from mathrl.generation import complete
@@ -82,18 +82,6 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def diversity_table(results: list[dict]) -> str:
-    header = ("| checkpoint | eval file | K | temperature | pass@K | majority vote | sampled accuracy | "
-              "distinct answers | distinct completions |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in results:
-        d = r["diversity"]
-        lines.append(f"| {r['ckpt']} | {r['eval_file']} | {d['num_samples']} | {d['temperature']:g} | "
-                     f"{d['pass_at_k']:.3f} | {d['majority_accuracy']:.3f} | {d['sampled_accuracy']:.3f} | "
-                     f"{d['distinct_answers']:.2f} | {d['distinct_completions']:.2f} |")
-    return "\n".join(lines)
-
-
 def default_output(ckpts: list[str]) -> Path:
     first = Path(ckpts[0])
     return first / "eval_results.json" if first.is_dir() else Path("eval_results.json")
@@ -140,7 +128,8 @@ def main() -> None:
     predictions_path = write_outputs(results, output)
     print(markdown_table(results))
     if sampling:
-        print("\nSampled completions:\n" + diversity_table(results))
+        rows = [(r["ckpt"], r["eval_file"], r["diversity"]) for r in results]
+        print("\nSampled completions:\n" + diversity_table(rows, ("checkpoint", "eval file")))
     print(f"\nresults: {output}\npredictions: {predictions_path}")
 
 

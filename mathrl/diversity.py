@@ -78,3 +78,15 @@ def diversity_metrics(samples: Sequence[Sequence[str]], examples: Sequence[dict]
         "distinct_completions": texts_mean,
         "distinct_completions_se": texts_se,
     }
+
+
+def diversity_table(rows: list[tuple[str, str, dict]], columns: tuple[str, str] = ("run", "eval set")) -> str:
+    """A markdown table with one line per (name, eval set, diversity dict with temperature and top_p)."""
+    lines = [f"| {columns[0]} | {columns[1]} | K | temperature / top_p | pass@K | majority vote | sampled acc | "
+             "distinct answers | distinct completions |", "|" + "---|" * 9]
+    for name, label, d in rows:
+        lines.append(f"| {name} | {label} | {d['num_samples']} | {d['temperature']:g} / {d['top_p']:g} | "
+                     f"{d['pass_at_k']:.3f} | {d['majority_accuracy']:.3f} | {d['sampled_accuracy']:.3f} | "
+                     f"{d['distinct_answers']:.2f} ± {d['distinct_answers_se']:.2f} | "
+                     f"{d['distinct_completions']:.2f} ± {d['distinct_completions_se']:.2f} |")
+    return "\n".join(lines)
