@@ -6,7 +6,8 @@
     python compare.py                                                         # TinyLlama-1.1B-Chat (GPU)
 
 Runs, one after another and each a subprocess of the repo's own scripts (no run shares a process, memory peak or
-timer with another), under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting):
+timer with another), under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting; mathrl/runs.py
+is the list that planning, evaluation and the report loop over):
   base       the model as it is, untrained (evaluated only)
   sft        train_sft.py from the base model; also saves step_N/ every warm_start_steps steps
   grpo       train_grpo.py from the base model. A from-scratch tiny model almost never answers right, so every
@@ -184,17 +185,27 @@ def train(run: Run, out: Path, common: list[str], config_file: str | None) -> No
         raise UserError(f"{run.name}: {run.script} failed (exit status {returncode}); end of {log}:\n{tail}")
 
 
-def evaluate(targets: list[Target], out: Path, common: list[str], config: dict, config_file: str | None) -> None:
-    """Evaluate every target whose saved evaluation is missing or made with other settings, in one call."""
+def load_evaluation(eval_path: Path) -> list[dict]:
+    """A stored evaluation: one result per eval file, each with its predictions (read from beside it)."""
+    results = json.loads(eval_path.read_text())["results"]
+    predictions = read_jsonl(eval_path.with_suffix(".predictions.jsonl"))
+    return [{**r, "predictions": [p for p in predictions if p["eval_file"] == r["eval_file"]]} for r in results]
+
+
+def evaluate(targets: list[Target], out: Path, common: list[str], config: dict,
+             config_file: str | None) -> dict[str, list[dict]]:
+    """Evaluate every target whose saved evaluation is missing or made with other settings, in one call; store
+    each beside its checkpoint (reused next time). Returns every target's results, predictions included."""
     eval_files = [f for f in (config["eval_file"], config["ood_eval_file"]) if f]
     settings = {"eval_files": eval_files, "samples": config["diversity_samples"],
                 "temperature": config["diversity_temperature"], "top_p": config["diversity_top_p"],
                 "config": resolve_config("evaluate", config_file, common)}
     stale = [t for t in targets if not t.eval_path.is_file()
              or json.loads(t.eval_path.read_text()).get("settings") != {**settings, "ckpt": t.ckpt}]
+    evaluations = {t.name: load_evaluation(t.eval_path) for t in targets if t not in stale}
     if not stale:
         print("every evaluation is up to date")
-        return
+        return evaluations
     pending = out / "evaluate-pending.json"
     sampling = ["--samples", str(settings["samples"]), "--temperature", str(settings["temperature"]),
                 "--top_p", str(settings["top_p"])] if settings["samples"] else []
@@ -213,12 +224,15 @@ def evaluate(targets: list[Target], out: Path, common: list[str], config: dict, 
     predictions = read_jsonl(predictions_path)
     for t in stale:
         own = [r for r in results if r["ckpt"] == t.ckpt]
+        own_predictions = [p for p in predictions if p["ckpt"] == t.ckpt]
         t.eval_path.parent.mkdir(parents=True, exist_ok=True)
-        t.eval_path.with_suffix(".predictions.jsonl").write_text(
-            "".join(json.dumps(p) + "\n" for p in predictions if p["ckpt"] == t.ckpt))
+        t.eval_path.with_suffix(".predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in own_predictions))
         t.eval_path.write_text(json.dumps({"settings": {**settings, "ckpt": t.ckpt}, "results": own}, indent=2))
+        evaluations[t.name] = [{**r, "predictions": [p for p in own_predictions if p["eval_file"] == r["eval_file"]]}
+                               for r in own]
     pending.unlink()
     predictions_path.unlink()
+    return evaluations
 
 
 def eval_targets(config: dict, out: Path) -> list[Target]:
@@ -284,10 +298,10 @@ def main() -> None:
 
     # ---- evaluate -----------------------------------------------------------------------------------
     targets = eval_targets(config, out)
-    evaluate(targets, out, common, config, args.config)
+    evaluations = evaluate(targets, out, common, config, args.config)
 
     # ---- report -------------------------------------------------------------------------------------
-    report = write_report(out, targets, config, {"command": shlex.join(["python", *sys.argv]),
+    report = write_report(out, targets, evaluations, config, {"command": shlex.join(["python", *sys.argv]),
                                                   "invocation_seconds": time.time() - started,
                                                   "kept": kept, "config_file": args.config})
     print(f"report: {report}")

@@ -9,9 +9,9 @@ Each step: sample `batch_size` prompts; generate `group_size` completions each i
 score them with the rule-based reward (mathrl/rewards.py, the paper's reward_model.py); turn rewards into
 group-relative advantages; take `num_iterations` gradient steps on the GRPO loss (mathrl/objectives.py). The
 log-probs and the sampling share each prompt's keys/values across its group (mathrl/fast_paths.py). Writes
-OUTPUT_DIR/metrics.jsonl,
-OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like train_sft.py, and stops early
-when `max_train_seconds` of training time (evaluation and saving excluded) have passed, as train_sft.py does.
+OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like
+train_sft.py, and stops early when `max_train_seconds` of training time (evaluation and saving excluded) have
+passed, as train_sft.py does.
 
 How this departs from the paper's reference code:
 - Log-probs are computed from the generated ids, never by re-tokenizing decoded text, with logits at
@@ -38,12 +38,12 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, get_cosine_schedule_with_warmup, set_seed
 
+from mathrl.answers import is_correct
 from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_final,
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
-from mathrl.answers import is_correct
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
@@ -138,7 +138,7 @@ def generate_rollout(model, tokenizer, batch: list[dict], config: dict, gen_conf
 
 def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
     """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them (logits divided
-    by the sampling temperature). The logits are objectives.completion_logits', each prompt run once for its group."""
+    by the sampling temperature). The logits equal objectives.completion_logits; each prompt runs once per group."""
     logits = shared_prompt_completion_logits(model, rollout.sequences, rollout.attention_mask,
                                              rollout.prompt_width)  # [N, L, V]
     return gather_logprobs(logits / temperature, rollout.sequences[:, rollout.prompt_width:])  # [N, L]
@@ -176,7 +176,7 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    args, config = parse_args("grpo", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    _, config = parse_args("grpo", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     validate(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)

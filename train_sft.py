@@ -9,7 +9,8 @@ Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/eval_samples.jsonl, OUTPUT_DIR/step_
 (Hugging Face model + tokenizer, resolved config, training state, run summary). `init_from` starts from a
 checkpoint instead of model_name; `max_train_seconds` ends the run after the optimizer step at which training
 time (wall time minus evaluation and checkpoint saving; `elapsed_s` in metrics.jsonl) reaches it, and
-summary.json says `stopped_by_time`.
+summary.json says `stopped_by_time`. The loss is mathrl/objectives.py's `sft_loss`; the training step computes it
+with the shared-prefix fast path beside it (mathrl/fast_paths.py), which gives the same loss and gradients.
 
 How this departs from the paper:
 - The loss covers the answer tokens and a trailing EOS only (prompt and padding masked), so the model learns
@@ -42,8 +43,8 @@ from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
-from mathrl.prompts import encode_example
 from mathrl.objectives import sft_labels
+from mathrl.prompts import encode_example
 
 NUM_EVAL_SAMPLES_LOGGED = 8
 
@@ -126,7 +127,7 @@ def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, 
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    args, config = parse_args("sft", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    _, config = parse_args("sft", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     require_positive(config, "batch_size", "max_prompt_length", "max_completion_length",
                      "gradient_accumulation_steps", "log_every")
     if config["max_steps"] <= 0:

@@ -1,8 +1,9 @@
 """compare.py's outputs: REPORT.md, results.json, samples.md and the plots, from the runs it left in OUTPUT_DIR.
 
-Every number comes from a run's files: final/summary.json (steps, training and wall time, tokens, peak memory,
-device), metrics.jsonl (curves) and the evaluate.py results compare.py stored beside each checkpoint
-(eval-*.json, eval-*.predictions.jsonl). The claim lines come from mathrl/claims.py.
+Every number comes from a run's files, final/summary.json (steps, training and wall time, tokens, peak memory,
+device) and metrics.jsonl (curves), and from the evaluate.py results compare.py hands over (it also keeps them
+beside each checkpoint, eval-*.json and eval-*.predictions.jsonl, for reuse). The claim lines come from
+mathrl/claims.py.
 """
 
 from __future__ import annotations
@@ -20,16 +21,12 @@ from mathrl.runs import BY_NAME, GRPO_SCRIPT, trained_by
 
 # ---- loading ----------------------------------------------------------------------------------------------
 
-def load_run(target, config: dict) -> dict:
-    """Summary, metrics and evaluation of one compare.py target, keyed as mathrl/claims.py expects."""
+def load_run(target, evaluation: list[dict], config: dict) -> dict:
+    """Summary and metrics of one compare.py target, and its evaluation (one result per eval file, predictions
+    included), keyed as mathrl/claims.py expects."""
     ckpt, spec = Path(target.ckpt), BY_NAME[target.name]
     trained = spec.script is not None or spec.starts_from is not None  # a checkpoint with a summary.json
-    evaluation = json.loads(target.eval_path.read_text())["results"]
-    predictions = read_jsonl(target.eval_path.with_suffix(".predictions.jsonl"))
-    by_file = {}
-    for result in evaluation:
-        result["predictions"] = [p for p in predictions if p["eval_file"] == result["eval_file"]]
-        by_file[result["eval_file"]] = result
+    by_file = {result["eval_file"]: result for result in evaluation}
     return {
         "name": target.name, "ckpt": target.ckpt, "offset_s": target.offset_s,
         "summary": json.loads((ckpt / "summary.json").read_text()) if trained else {},
@@ -252,9 +249,9 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
     return "\n".join(lines)
 
 
-def write_report(out: Path, targets: list, config: dict, context: dict) -> Path:
+def write_report(out: Path, targets: list, evaluations: dict[str, list[dict]], config: dict, context: dict) -> Path:
     """Write REPORT.md, results.json, samples.md and the plots into `out`; returns REPORT.md's path."""
-    runs = {t.name: load_run(t, config) for t in targets}
+    runs = {t.name: load_run(t, evaluations[t.name], config) for t in targets}
     h = header(runs, config, context)
     rows = {name: row(run) for name, run in runs.items()}
     diversity = diversity_rows(runs)
