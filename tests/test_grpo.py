@@ -39,6 +39,7 @@ from mathrl.modeling import builtin_model_dir, load_model_and_tokenizer, make_ac
 from mathrl.prompts import prompt_ids
 from mathrl.objectives import group_advantages
 from mathrl.rewards import MathRewardModel, length_score
+from mathrl.timing import PhaseTimer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = str(REPO_ROOT / "configs" / "tiny.yaml")
@@ -489,8 +490,12 @@ def one_grpo_step(policy, loss_type: str, aggregation: str) -> tuple[dict, dict,
     run = train_grpo.GRPOSetup(accelerator, model, accelerator.unwrap_model(model), reference, tokenizer,
                                MathRewardModel.from_config(config), iter([]), gen_config, optimizer, scheduler)
     set_seed(config["seed"])
+    timer = PhaseTimer()
     with accelerator.autocast():
-        record = train_grpo.grpo_step(run, BATCH, config).metrics
+        record = train_grpo.grpo_step(run, BATCH, config, timer).metrics
+    # The phases bench/bench_grpo.py reads: grpo_step names them itself, so a benchmark cannot silently lose one.
+    assert set(timer.seconds) == {"generation", "reward", "ref_forward", "policy_forward", "backward", "optimizer"}
+    assert record["generation_seconds"] == timer.seconds["generation"]
     updated = {name: p.detach().clone() for name, p in accelerator.unwrap_model(model).named_parameters()}
     return initial, updated, record
 
