@@ -8,9 +8,10 @@
 Our step is exactly what train_grpo.main() runs per step: next prompt batch + `train_grpo.grpo_step` (generation,
 reward, reference forward, policy forward/backward, clip, AdamW, scheduler, metrics), built by the function main()
 builds it with (`train_grpo.setup`: accelerate, deepcopy reference, cosine schedule). TRL's step is one
-optimizer step of `GRPOTrainer.train()`, timed by a callback from the end of the previous step (data loading included, like ours) to `on_step_end`;
-logging is pushed past the last step on both sides. Each shape runs warm-up steps, then alternates one TRL
-step and one of ours, so machine noise falls on both alike; medians are reported.
+optimizer step of `GRPOTrainer.train()`, timed by a callback from the end of the previous step (data loading
+included, like ours) to `on_step_end`; logging is pushed past the last step on both sides. Each shape runs
+warm-up steps, then alternates one TRL step and one of ours, so machine noise falls on both alike; medians are
+reported.
 
 Shapes are PROMPTSxCOMPLETIONSxNEW_TOKENS. The model has random weights, so completions rarely stop early and
 generation runs to the token limit. Settings on both sides: lr 5e-6, KL coefficient (TRL's beta) 0.05 with a
