@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import sys
 
-from common import (OUT_DIR, environment, load_average, phase_medians, pin_threads, set_torch_threads, summarize,
-                    sync, timed, write_json)
+from common import (OUT_DIR, environment, load_average, parse_bench_args, phase_medians, pin_threads,
+                    set_torch_threads, summarize, sync, timed, write_json)
 
 THREADS = pin_threads(sys.argv[1:])
 
@@ -290,15 +290,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("tiny", "tinyllama"), default="tiny")
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated PROMPTSxCOMPLETIONSxTOKENS")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per side and shape (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--no_trl", action="store_true", help="time our step only")
-    parser.add_argument("--out", default=None, help="JSON file (default bench/out/grpo_MODEL_DEVICE.json)")
-    args = parser.parse_args()
-    if args.steps < 5:
-        parser.error("--steps must be >= 5")
+    args = parse_bench_args(parser, 7, "bench/out/grpo_MODEL_DEVICE.json")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.model == "tinyllama":

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import sys
 
-from common import (OUT_DIR, environment, load_average, pin_threads, set_torch_threads, summarize, sync,
-                    write_json)
+from common import (OUT_DIR, environment, load_average, parse_bench_args, pin_threads, set_torch_threads, summarize,
+                    sync, write_json)
 
 THREADS = pin_threads(sys.argv[1:])
 
@@ -151,15 +151,7 @@ def summarize_side(results: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per side (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--no_trl", action="store_true", help="time our step only")
-    parser.add_argument("--out", default=None, help="JSON file (default bench/out/sft_tiny_DEVICE.json)")
-    args = parser.parse_args()
-    if args.steps < 5:
-        parser.error("--steps must be >= 5")
+    args = parse_bench_args(parser, 12, "bench/out/sft_tiny_DEVICE.json")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     total = args.warmup + args.steps

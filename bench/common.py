@@ -36,6 +36,20 @@ def pin_threads(argv: list[str]) -> int:
     return threads
 
 
+def parse_bench_args(parser, default_steps: int, default_out: str):
+    """Add the options both benchmarks take (--steps, --warmup, --threads, --seed, --no_trl, --out) and parse."""
+    parser.add_argument("--steps", type=int, default=default_steps, help="timed steps per side (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no_trl", action="store_true", help="time our step only")
+    parser.add_argument("--out", default=None, help=f"JSON file (default {default_out})")
+    args = parser.parse_args()
+    if args.steps < 5:
+        parser.error("--steps must be >= 5")
+    return args
+
+
 def set_torch_threads(threads: int) -> None:
     import torch
 
