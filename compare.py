@@ -6,7 +6,8 @@
     python compare.py                                                         # TinyLlama-1.1B-Chat (GPU)
 
 Runs, one after another and each a subprocess of the repo's own scripts (no run shares a process, memory peak or
-timer with another), under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting):
+timer with another), under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting; mathrl/runs.py
+is the list that planning, evaluation and the report loop over):
   base       the model as it is, untrained (evaluated only)
   sft        train_sft.py from the base model; also saves step_N/ every warm_start_steps steps
   grpo       train_grpo.py from the base model. A from-scratch tiny model almost never answers right, so every
@@ -50,9 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mathrl.config import DEFAULT_CONFIG_PATH, for_checkpoint, load_saved_config, parse_args, read_yaml, resolve_config
-from mathrl.data import load_jsonl
+from mathrl.data import load_jsonl, read_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.report import write_report
+from mathrl.runs import BY_NAME, GRPO_SCRIPT, RUNS, SFT_SCRIPT, RunSpec
 
 REPO_ROOT = Path(__file__).resolve().parent
 PATH_KEYS = ("output_dir", "init_from")  # not compared on reuse: OUTPUT_DIR may have been moved
@@ -60,11 +62,12 @@ PATH_KEYS = ("output_dir", "init_from")  # not compared on reuse: OUTPUT_DIR may
 
 @dataclass
 class Run:
+    """One run to train (or, for the base model, only to evaluate), planned from its mathrl.runs entry."""
     name: str
     script: str | None                # None: nothing to train (the base model)
     section: str                      # the script's config section
     overrides: list[str]              # this run's command-line overrides
-    upstream: str | None = None       # the run it starts from
+    upstream: str | None = None       # the run whose checkpoint it starts from
     init_from: Path | None = None
 
 
@@ -77,7 +80,7 @@ class Target:
     offset_s: float = 0.0             # training time spent before this run started (its upstream's)
 
 
-def token(value) -> str:
+def cli_value(value) -> str:
     """A command-line override value that mathrl.config reads back as exactly `value`."""
     if value is None:
         return "null"
@@ -86,18 +89,41 @@ def token(value) -> str:
     return str(value)
 
 
+def checkpoint_path(name: str, config: dict, out: Path) -> Path:
+    """Where a registry entry's checkpoint is: the warm start is a step_N/ of the SFT run, any other run its final/."""
+    if name == "warm_start":
+        return out / "sft" / f"step_{config['warm_start_steps']}"
+    return out / name / "final"
+
+
+def producer(name: str) -> str:
+    """The run that trains an entry's checkpoint: itself, or for a checkpoint of another run (the warm start), that
+    run."""
+    spec = BY_NAME[name]
+    return spec.starts_from if spec.script is None and spec.starts_from else name
+
+
+def run_overrides(spec: RunSpec, config: dict) -> list[str]:
+    if spec.name == "sft":  # its step_N/ checkpoints include the warm start
+        return ["--save_every", cli_value(config["warm_start_steps"])]
+    if spec.starts_from == "warm_start":  # the head-to-head: a time budget, and a step cap that it should not reach
+        cap = "--max_steps" if spec.script == SFT_SCRIPT else "--num_train_steps"
+        return ["--max_train_seconds", cli_value(config["head_to_head_seconds"]), "--save_every", "0",
+                cap, cli_value(config["head_to_head_max_steps"])]
+    return []
+
+
 def plan_runs(config: dict, out: Path) -> list[Run]:
-    warm = out / "sft" / f"step_{config['warm_start_steps']}"
-    h2h = ["--max_train_seconds", token(config["head_to_head_seconds"]), "--save_every", "0"]
-    cap = token(config["head_to_head_max_steps"])
-    return [
-        Run("base", None, "evaluate", []),
-        Run("sft", "train_sft.py", "sft", ["--save_every", token(config["warm_start_steps"])]),
-        Run("grpo", "train_grpo.py", "grpo", []),
-        Run("sft_grpo", "train_grpo.py", "grpo", [], "sft", out / "sft" / "final"),
-        Run("h2h_sft", "train_sft.py", "sft", [*h2h, "--max_steps", cap], "sft", warm),
-        Run("h2h_grpo", "train_grpo.py", "grpo", [*h2h, "--num_train_steps", cap], "sft", warm),
-    ]
+    """Every entry of mathrl.runs that is trained (and the base model, evaluated only), in table order."""
+    runs = []
+    for spec in RUNS:
+        if spec.script is None and spec.starts_from:
+            continue  # a checkpoint of another run
+        section = {None: "evaluate", SFT_SCRIPT: "sft", GRPO_SCRIPT: "grpo"}[spec.script]
+        upstream = producer(spec.starts_from) if spec.starts_from else None
+        init_from = checkpoint_path(spec.starts_from, config, out) if spec.starts_from else None
+        runs.append(Run(spec.name, spec.script, section, run_overrides(spec, config), upstream, init_from))
+    return runs
 
 
 def forwarded_overrides(config_file: str | None, config: dict) -> list[str]:
@@ -105,12 +131,12 @@ def forwarded_overrides(config_file: str | None, config: dict) -> list[str]:
     own = set(read_yaml(DEFAULT_CONFIG_PATH)["compare"])
     file_only = resolve_config("compare", config_file)
     changed = [k for k in config if k not in own and config[k] != file_only[k]]
-    return [t for k in changed for t in (f"--{k}", token(config[k]))]
+    return [t for k in changed for t in (f"--{k}", cli_value(config[k]))]
 
 
 def run_args(run: Run, out: Path, common: list[str]) -> list[str]:
-    init = ["--init_from", token(run.init_from)] if run.init_from else []
-    return [*common, "--output_dir", token(out / run.name), *init, *run.overrides]
+    init = ["--init_from", cli_value(run.init_from)] if run.init_from else []
+    return [*common, "--output_dir", cli_value(out / run.name), *init, *run.overrides]
 
 
 def sft_total_steps(sft: dict) -> int:
@@ -159,23 +185,33 @@ def train(run: Run, out: Path, common: list[str], config_file: str | None) -> No
         raise UserError(f"{run.name}: {run.script} failed (exit status {returncode}); end of {log}:\n{tail}")
 
 
-def evaluate(targets: list[Target], out: Path, common: list[str], config: dict, config_file: str | None) -> None:
-    """Evaluate every target whose saved evaluation is missing or made with other settings, in one call."""
+def load_evaluation(eval_path: Path) -> list[dict]:
+    """A stored evaluation: one result per eval file, each with its predictions (read from beside it)."""
+    results = json.loads(eval_path.read_text())["results"]
+    predictions = read_jsonl(eval_path.with_suffix(".predictions.jsonl"))
+    return [{**r, "predictions": [p for p in predictions if p["eval_file"] == r["eval_file"]]} for r in results]
+
+
+def evaluate(targets: list[Target], out: Path, common: list[str], config: dict,
+             config_file: str | None) -> dict[str, list[dict]]:
+    """Evaluate every target whose saved evaluation is missing or made with other settings, in one call; store
+    each beside its checkpoint (reused next time). Returns every target's results, predictions included."""
     eval_files = [f for f in (config["eval_file"], config["ood_eval_file"]) if f]
     settings = {"eval_files": eval_files, "samples": config["diversity_samples"],
                 "temperature": config["diversity_temperature"], "top_p": config["diversity_top_p"],
                 "config": resolve_config("evaluate", config_file, common)}
     stale = [t for t in targets if not t.eval_path.is_file()
              or json.loads(t.eval_path.read_text()).get("settings") != {**settings, "ckpt": t.ckpt}]
+    evaluations = {t.name: load_evaluation(t.eval_path) for t in targets if t not in stale}
     if not stale:
         print("every evaluation is up to date")
-        return
+        return evaluations
     pending = out / "evaluate-pending.json"
     sampling = ["--samples", str(settings["samples"]), "--temperature", str(settings["temperature"]),
                 "--top_p", str(settings["top_p"])] if settings["samples"] else []
     command = script_command("evaluate.py", config_file, [
         *common, *[a for t in stale for a in ("--ckpt", t.ckpt)], *[a for f in eval_files for a in ("--eval_file", f)],
-        *sampling, "--output", token(pending)])
+        *sampling, "--output", cli_value(pending)])
     log = out / "evaluate.log"
     print(f"evaluating {', '.join(t.name for t in stale)} (log: {log})", flush=True)
     with log.open("a") as f:
@@ -185,33 +221,38 @@ def evaluate(targets: list[Target], out: Path, common: list[str], config: dict, 
             raise UserError(f"evaluate.py failed; see {log}")
     results = json.loads(pending.read_text())["results"]
     predictions_path = pending.with_suffix(".predictions.jsonl")
-    predictions = [json.loads(line) for line in predictions_path.read_text().splitlines()]
+    predictions = read_jsonl(predictions_path)
     for t in stale:
         own = [r for r in results if r["ckpt"] == t.ckpt]
+        own_predictions = [p for p in predictions if p["ckpt"] == t.ckpt]
         t.eval_path.parent.mkdir(parents=True, exist_ok=True)
-        t.eval_path.with_suffix(".predictions.jsonl").write_text(
-            "".join(json.dumps(p) + "\n" for p in predictions if p["ckpt"] == t.ckpt))
+        t.eval_path.with_suffix(".predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in own_predictions))
         t.eval_path.write_text(json.dumps({"settings": {**settings, "ckpt": t.ckpt}, "results": own}, indent=2))
+        evaluations[t.name] = [{**r, "predictions": [p for p in own_predictions if p["eval_file"] == r["eval_file"]]}
+                               for r in own]
     pending.unlink()
     predictions_path.unlink()
+    return evaluations
 
 
 def eval_targets(config: dict, out: Path) -> list[Target]:
     """Every checkpoint of the report, in table order; the offsets place each curve on one training-time axis."""
-    warm = out / "sft" / f"step_{config['warm_start_steps']}"
+    warm = checkpoint_path("warm_start", config, out)
     if not warm.is_dir():
         raise UserError(f"{warm}: the head-to-head's warm start is missing; redo the SFT run with --force sft")
-
-    def final(name: str, offset: float = 0.0) -> Target:
-        return Target(name, str(out / name / "final"), out / name / "eval-final.json", offset)
 
     def seconds(ckpt: Path) -> float:
         return json.loads((ckpt / "summary.json").read_text())["train_seconds"]
 
-    return [Target("base", config["model_name"], out / "base" / "eval-base.json"), final("sft"),
-            Target("warm_start", str(warm), out / "sft" / f"eval-{warm.name}.json"), final("grpo"),
-            final("sft_grpo", seconds(out / "sft" / "final")), final("h2h_sft", seconds(warm)),
-            final("h2h_grpo", seconds(warm))]
+    targets = []
+    for spec in RUNS:
+        if spec.name == "base":
+            targets.append(Target("base", config["model_name"], out / "base" / "eval-base.json"))
+            continue
+        ckpt = checkpoint_path(spec.name, config, out)
+        offset = seconds(checkpoint_path(spec.starts_from, config, out)) if spec.script and spec.starts_from else 0.0
+        targets.append(Target(spec.name, str(ckpt), ckpt.parent / f"eval-{ckpt.name}.json", offset))
+    return targets
 
 
 def main() -> None:
@@ -257,10 +298,10 @@ def main() -> None:
 
     # ---- evaluate -----------------------------------------------------------------------------------
     targets = eval_targets(config, out)
-    evaluate(targets, out, common, config, args.config)
+    evaluations = evaluate(targets, out, common, config, args.config)
 
     # ---- report -------------------------------------------------------------------------------------
-    report = write_report(out, targets, config, {"command": shlex.join(["python", *sys.argv]),
+    report = write_report(out, targets, evaluations, config, {"command": shlex.join(["python", *sys.argv]),
                                                   "invocation_seconds": time.time() - started,
                                                   "kept": kept, "config_file": args.config})
     print(f"report: {report}")

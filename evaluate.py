@@ -15,7 +15,8 @@ majority-vote accuracy, sampled accuracy, mean distinct answers and distinct com
 (definitions in mathrl/diversity.py); each prediction then also lists its "samples".
 
 How this departs from the paper: the paper reports one accuracy; here each checkpoint is decoded greedily in
-batches (one generate call per batch, left padding), the answer is read by the reward module's extractor,
+batches (one generate call per batch, left padding), the answer is read and judged as the reward does
+(mathrl/answers.py),
 and accuracy is also split by operation, with the mean number of completion tokens (EOS included).
 Each checkpoint is prompted in the prompt_format it was trained with (from its saved config.yaml).
 """
@@ -30,9 +31,10 @@ from transformers import set_seed
 
 from mathrl.config import for_checkpoint, parse_args
 from mathrl.data import OPS, load_jsonl
-from mathrl.diversity import diversity_metrics
+from mathrl.diversity import diversity_metrics, diversity_table
 from mathrl.errors import UserError, run_cli
-from mathrl.generation import complete, greedy_accuracy
+from mathrl.evaluation import greedy_accuracy
+from mathrl.generation import complete
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 
 
@@ -46,7 +48,7 @@ def sampled_diversity(model, tokenizer, examples: list[dict], config: dict, k: i
                        batch_size=max(1, config["eval_batch_size"] // k), do_sample=True,
                        temperature=temperature, top_p=top_p, num_samples=k)
     texts = [[s["text"] for s in samples] for samples in outputs]
-    metrics = diversity_metrics(texts, [int(e["answer"]) for e in examples])
+    metrics = diversity_metrics(texts, examples)
     return {**metrics, "temperature": temperature, "top_p": top_p}, texts
 
 
@@ -77,18 +79,6 @@ def markdown_table(results: list[dict]) -> str:
         per_op = " | ".join(f"{r['per_operation'][op]:.3f}" if op in r["per_operation"] else "-" for op in OPS)
         lines.append(f"| {r['ckpt']} | {r['eval_file']} | {r['accuracy']:.3f} | {r['num_examples']} | "
                      f"{per_op} | {r['mean_completion_tokens']:.2f} |")
-    return "\n".join(lines)
-
-
-def diversity_table(results: list[dict]) -> str:
-    header = ("| checkpoint | eval file | K | temperature | pass@K | majority vote | sampled accuracy | "
-              "distinct answers | distinct completions |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in results:
-        d = r["diversity"]
-        lines.append(f"| {r['ckpt']} | {r['eval_file']} | {d['num_samples']} | {d['temperature']:g} | "
-                     f"{d['pass_at_k']:.3f} | {d['majority_accuracy']:.3f} | {d['sampled_accuracy']:.3f} | "
-                     f"{d['distinct_answers']:.2f} | {d['distinct_completions']:.2f} |")
     return "\n".join(lines)
 
 
@@ -138,7 +128,8 @@ def main() -> None:
     predictions_path = write_outputs(results, output)
     print(markdown_table(results))
     if sampling:
-        print("\nSampled completions:\n" + diversity_table(results))
+        rows = [(r["ckpt"], r["eval_file"], r["diversity"]) for r in results]
+        print("\nSampled completions:\n" + diversity_table(rows, ("checkpoint", "eval file")))
     print(f"\nresults: {output}\npredictions: {predictions_path}")
 
 

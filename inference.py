@@ -5,10 +5,10 @@
     echo "What is 3 + 4? Answer with an integer." | python inference.py --ckpt DIR
     python inference.py --ckpt DIR          # interactive
 
-Same implementation as inference_sft.py (mathrl/chat.py); the paper had two copies. Greedy by default.
+Same implementation as inference_sft.py (mathrl/inference.py); the paper had two copies. Greedy by default.
 """
 
-from mathrl.chat import run_inference
+from mathrl.inference import run_inference
 from mathrl.errors import run_cli
 
 if __name__ == "__main__":

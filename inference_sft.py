@@ -5,10 +5,10 @@
     echo "What is 3 + 4? Answer with an integer." | python inference_sft.py --ckpt DIR
     python inference_sft.py --ckpt DIR          # interactive
 
-Same implementation as inference.py (mathrl/chat.py); the paper had two copies. Greedy by default.
+Same implementation as inference.py (mathrl/inference.py); the paper had two copies. Greedy by default.
 """
 
-from mathrl.chat import run_inference
+from mathrl.inference import run_inference
 from mathrl.errors import run_cli
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@
     python train_grpo.py --advantage_mode grpo --loss_type clipped --kl_estimator k3 --num_iterations 2
 
 Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
-score them with the rule-based reward (reward_model.py); turn rewards into group-relative advantages; take
-`num_iterations` gradient steps on the GRPO loss (mathrl/rl_math.py). Writes OUTPUT_DIR/metrics.jsonl,
-OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like train_sft.py, and stops early
-when `max_train_seconds` of training time (evaluation and saving excluded) have passed, as train_sft.py does.
+score them with the rule-based reward (mathrl/rewards.py, the paper's reward_model.py); turn rewards into
+group-relative advantages; take `num_iterations` gradient steps on the GRPO loss (mathrl/objectives.py). The
+log-probs and the sampling share each prompt's keys/values across its group (mathrl/fast_paths.py). Writes
+OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like
+train_sft.py, and stops early when `max_train_seconds` of training time (evaluation and saving excluded) have
+passed, as train_sft.py does.
 
 How this departs from the paper's reference code:
 - Log-probs are computed from the generated ids, never by re-tokenizing decoded text, with logits at
@@ -18,9 +20,9 @@ How this departs from the paper's reference code:
   in generation, and logits are divided by the sampling temperature, so the log-probs are those of the policy
   that sampled the completions.
 - The paper's loss is -A * (sequence log-prob) + kl_coeff * squared log-ratio, applied per token here
-  (see mathrl/rl_math.py); `loss_type clipped`, `advantage_mode grpo|dr_grpo`, `kl_estimator k3` and the
+  (see mathrl/objectives.py); `loss_type clipped`, `advantage_mode grpo|dr_grpo`, `kl_estimator k3` and the
   aggregation choices give DeepSeekMath GRPO, Dr. GRPO and DAPO-style variants from the same code.
-- The paper's `gamma` key is kept in config.yaml but has no effect: an episode is a single completion.
+- The paper's `gamma` (discount) is left out: an episode is a single completion, so it would have no effect.
 """
 
 from __future__ import annotations
@@ -29,22 +31,28 @@ import argparse
 import copy
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup, set_seed
+from transformers import GenerationConfig, get_cosine_schedule_with_warmup, set_seed
 
+from mathrl.answers import is_correct
 from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_final,
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
-from mathrl.generation import evaluate_sets, generate_ids, generation_config, load_eval_sets
+from mathrl.evaluation import evaluate_sets, load_eval_sets
+from mathrl.fast_paths import shared_prompt_completion_logits
+from mathrl.generation import generate_ids, generation_config
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
+                               gather_logprobs, group_advantages, grpo_loss)
 from mathrl.prompts import prompt_ids
-from mathrl.rl_math import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_logprobs,
-                            completion_mask, group_advantages, grpo_loss)
-from reward_model import MathRewardModel
+from mathrl.rewards import MathRewardModel
+from mathrl.timing import PhaseTimer
 
 NUM_SAMPLES_LOGGED = 4
 
@@ -57,7 +65,29 @@ class Rollout:
     prompt_width: int             # P
     mask: torch.Tensor            # [N, L] completion tokens that are trained (up to and incl. first EOS)
     texts: list[str]              # decoded completions (for the reward only; never re-tokenized)
-    seconds: float                # wall time of generation
+
+
+@dataclass
+class GRPOSetup:
+    """What every GRPO step needs, built by `setup` (main() and bench/bench_grpo.py both build it there)."""
+    accelerator: Accelerator
+    model: torch.nn.Module              # the policy as accelerate prepared it (forward, backward, clipping)
+    unwrapped: torch.nn.Module          # the same policy unwrapped (generation, evaluation, saving)
+    reference: torch.nn.Module | None   # frozen copy of the starting policy; None when kl_coeff is 0
+    tokenizer: object
+    reward_model: MathRewardModel
+    batches: Iterator[list[dict]]       # endless seeded stream of prompt batches
+    gen_config: GenerationConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class StepResult:
+    """One GRPO step: its metrics.jsonl record, the tokens it processed and a few samples for samples.jsonl."""
+    metrics: dict
+    tokens: int                   # prompt + completion tokens (the attention mask's ones)
+    samples: list[dict]
 
 
 def validate(config: dict) -> None:
@@ -85,9 +115,8 @@ def prompt_batches(examples: list[dict], batch_size: int, seed: int):
             yield [examples[i] for i in order[start:start + batch_size]]
 
 
-def rollout(model, tokenizer, batch: list[dict], config: dict, gen_config) -> Rollout:
+def generate_rollout(model, tokenizer, batch: list[dict], config: dict, gen_config) -> Rollout:
     """Generate group_size completions for every prompt of the batch in one generate call."""
-    start = time.perf_counter()
     prompts = [prompt_ids(tokenizer, e["prompt"], config["prompt_format"], config["max_prompt_length"])
                for e in batch]
     model.eval()
@@ -104,92 +133,64 @@ def rollout(model, tokenizer, batch: list[dict], config: dict, gen_config) -> Ro
     attention_mask = torch.cat([prompt_attention, mask.long()], dim=1)  # [N, P+L]
     texts = tokenizer.batch_decode(completions * mask.long() + tokenizer.pad_token_id * (1 - mask.long()),
                                    skip_special_tokens=True)
-    return Rollout(sequences, attention_mask, width, mask, texts, time.perf_counter() - start)
+    return Rollout(sequences, attention_mask, width, mask, texts)
 
 
 def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them.
+    """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them (logits divided
+    by the sampling temperature). The logits equal objectives.completion_logits; each prompt runs once per group.
 
-    The G rows of a group share their (padded) prompt, so each distinct prompt runs through the model once and its
-    keys/values are shared by the group's rows, which then run only their completion tokens: the same causal
-    attention as one pass over [N, P+L] (gradients from every row flow back into the shared prompt), with the
-    prompt work divided by G. Rows whose prompts all differ take the one-pass path.
-
-    Logits are cast to fp32 before the temperature division on both paths and for every model: under bf16
-    autocast only the accelerator-prepared policy returns fp32 logits, and dividing the reference's bf16 logits
-    would round only them, so identical weights would show a non-zero KL.
+    Logits are cast to fp32 before the temperature division for every model: under bf16 autocast only the
+    accelerator-prepared policy returns fp32 logits, and dividing the reference's bf16 logits would round only
+    them, so identical weights would show a non-zero KL.
     """
-    width = rollout.prompt_width
-    num_completion = rollout.sequences.shape[1] - width
-    position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+L] as generate() builds them
-    window = rollout.sequences[:, width - 1:]  # [N, L+1] token before the completion + completion
-    prompts = torch.cat([rollout.sequences[:, :width], rollout.attention_mask[:, :width]], dim=1)  # [N, 2P]
-    unique, group = torch.unique_consecutive(prompts, dim=0, return_inverse=True)  # [U, 2P], [N] row -> prompt
-    if unique.shape[0] == prompts.shape[0]:
-        # Only the logits that score completion tokens are computed (positions P-1 .. P+L-2, plus the last one).
-        logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
-                       position_ids=position_ids, logits_to_keep=num_completion + 1,
-                       use_cache=False).logits  # [N, L+1, V]
-        return completion_logprobs(logits.float() / temperature, window, prompt_length=1)  # [N, L]
-
-    # Each prompt once: its keys/values, and the logits at its last token, which score completion token 0.
-    prompt_out = model(input_ids=unique[:, :width], attention_mask=unique[:, width:],
-                       position_ids=(unique[:, width:].cumsum(dim=1) - 1).clamp(min=0), logits_to_keep=1,
-                       use_cache=True)
-    cache = prompt_out.past_key_values
-    cache.batch_select_indices(group)  # [U, ...] -> [N, ...]; differentiable, gradients sum over each group
-    logits = prompt_out.logits[group]  # [N, 1, V]
-    if num_completion > 1:
-        # Completion tokens 0 .. L-2 of every row, attending to its prompt's cache: logits scoring tokens 1 .. L-1.
-        rest = model(input_ids=rollout.sequences[:, width:-1], attention_mask=rollout.attention_mask[:, :-1],
-                     position_ids=position_ids[:, width:-1], past_key_values=cache, use_cache=True).logits
-        logits = torch.cat([logits, rest], dim=1)  # [N, L, V]
-    # completion_logprobs takes logits for all L+1 window positions but reads only the first L (the logits after
-    # the last token score nothing), so a copy of the last row stands in for them.
-    logits = torch.cat([logits, logits[:, -1:]], dim=1)  # [N, L+1, V]
-    return completion_logprobs(logits.float() / temperature, window, prompt_length=1)  # [N, L]
+    logits = shared_prompt_completion_logits(model, rollout.sequences, rollout.attention_mask,
+                                             rollout.prompt_width)  # [N, L, V]
+    return gather_logprobs(logits.float() / temperature, rollout.sequences[:, rollout.prompt_width:])  # [N, L]
 
 
 def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, group_size: int) -> dict:
     samples = [example for example in batch for _ in range(group_size)]  # repeat_interleave layout
     lengths = rollout.mask.sum(dim=1).tolist()
     terms = reward_model.score_batch(samples, rollout.texts, num_tokens=lengths)
-    correct = [c == reward_model.correct_reward for c in terms["correctness"]]
+    correct = [is_correct(sample, text) for sample, text in zip(samples, rollout.texts)]
     return {"total": torch.tensor(terms["total"], dtype=torch.float32), "terms": terms, "correct": correct}
+
+
+def setup(config: dict, init_from: str) -> GRPOSetup:
+    """The policy (from init_from), its frozen reference, the reward, the prompt stream, the optimizer and the
+    cosine schedule, prepared by accelerate."""
+    accelerator = make_accelerator(config)
+    model, tokenizer = load_model_and_tokenizer(init_from, config)
+    reference = None
+    if config["kl_coeff"] > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    train_examples = load_jsonl(config["train_file"])
+    if len(train_examples) < config["batch_size"]:
+        raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
+    batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
+    gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
+                                   config["top_p"], config["generation_cache"])
+    total_updates = config["num_train_steps"] * config["num_iterations"]
+    optimizer = make_optimizer(model, config)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_updates)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return GRPOSetup(accelerator, model, accelerator.unwrap_model(model), reference, tokenizer,
+                     MathRewardModel.from_config(config), batches, gen_config, optimizer, scheduler)
 
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    args, config = parse_args("grpo", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    _, config = parse_args("grpo", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     validate(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)
     set_seed(config["seed"])
     output_dir = prepare_output_dir(config["output_dir"])
 
-    # ---- policy, reference, reward, data ------------------------------------------------------------
-    accelerator = make_accelerator(config)
-    model, tokenizer = load_model_and_tokenizer(init_from, config)
-    reference = None
-    if config["kl_coeff"] > 0:
-        reference = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
-    reward_model = MathRewardModel(config["correct_reward"], config["wrong_reward"],
-                                   config["format_reward_weight"], config["length_reward_weight"],
-                                   config["max_completion_length"])
-    train_examples = load_jsonl(config["train_file"])
-    if len(train_examples) < config["batch_size"]:
-        raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
+    # ---- policy, reference, reward, data, optimizer and schedule -----------------------------------------
+    run = setup(config, init_from)
     eval_sets = load_eval_sets(config)
-    batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
-    gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
-                                   config["top_p"], config["generation_cache"])
-
-    # ---- optimizer and schedule ---------------------------------------------------------------------
-    total_updates = config["num_train_steps"] * config["num_iterations"]
-    optimizer = make_optimizer(model, config)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_updates)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
 
     # ---- train ----------------------------------------------------------------------------------------
     metrics = MetricsLog(output_dir / METRICS_NAME)
@@ -198,18 +199,17 @@ def main() -> None:
     progress = tqdm(range(1, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
     for step in progress:
         step_start = time.perf_counter()
-        batch = next(batches)
-        with accelerator.autocast():
-            record = grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model,
-                               optimizer, scheduler, accelerator)
-        clock.tokens += record.pop("_tokens")
-        for sample in record.pop("_samples"):
+        batch = next(run.batches)
+        with run.accelerator.autocast():
+            result = grpo_step(run, batch, config)
+        clock.tokens += result.tokens
+        for sample in result.samples:
             samples_log.log({"step": step, **sample})
         # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.
         train_seconds = clock.train_seconds()
         stopped_by_time = 0 < config["max_train_seconds"] <= train_seconds
         last = step == config["num_train_steps"] or stopped_by_time
-        record = {"step": step, **record, "step_seconds": time.perf_counter() - step_start,
+        record = {"step": step, **result.metrics, "step_seconds": time.perf_counter() - step_start,
                   "elapsed_s": train_seconds}
         record["generation_share"] = record["generation_seconds"] / record["step_seconds"]
         if step % config["log_every"] == 0 or last:
@@ -217,12 +217,13 @@ def main() -> None:
         progress.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{record['train_accuracy']:.2f}")
         if step % config["eval_every"] == 0 or last:
             with clock.paused():
-                record, _ = evaluate_sets(unwrapped, tokenizer, eval_sets, config)
+                record, _ = evaluate_sets(run.unwrapped, run.tokenizer, eval_sets, config)
             metrics.log({"step": step, **record, "elapsed_s": train_seconds})
             accuracy = record["eval_accuracy"]
             progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
         if not last:  # the last step is saved as final/
-            save_periodic(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step)
+            save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
+                          step)
         if last:
             break
     progress.close()
@@ -230,50 +231,58 @@ def main() -> None:
     # ---- save -----------------------------------------------------------------------------------------
     metrics.close()
     samples_log.close()
-    save_final(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step=step,
+    save_final(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock, step=step,
                accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
 
 
-def grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model, optimizer,
-              scheduler, accelerator) -> dict:
-    """Generate, score, and take num_iterations optimizer steps; returns the step's metrics."""
-    rollout_ = rollout(unwrapped, tokenizer, batch, config, gen_config)
-    scored = score(rollout_, batch, reward_model, config["group_size"])
-    rewards = scored["total"].to(rollout_.sequences.device)  # [N]
+def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer | None = None) -> StepResult:
+    """Generate, score, and take num_iterations optimizer steps. `timer` (a fresh one by default) is reset and
+    holds the step's phase times afterwards: generation, reward, ref_forward, policy_forward, backward, optimizer."""
+    timer = timer or PhaseTimer()
+    timer.reset()
+    with timer.phase("generation"):
+        rollout = generate_rollout(run.unwrapped, run.tokenizer, batch, config, run.gen_config)
+    with timer.phase("reward"):
+        scored = score(rollout, batch, run.reward_model, config["group_size"])
+    rewards = scored["total"].to(rollout.sequences.device)  # [N]
     advantages = group_advantages(rewards, config["group_size"], config["advantage_mode"])  # [N]
     ref_logp = None
-    if reference is not None:
-        with torch.no_grad():
-            ref_logp = sequence_logprobs(reference, rollout_, config["temperature"])  # [N, L]
+    if run.reference is not None:
+        with torch.no_grad(), timer.phase("ref_forward"):
+            ref_logp = sequence_logprobs(run.reference, rollout, config["temperature"])  # [N, L]
 
     old_logp, loss_stats, grad_norm = None, {}, 0.0
-    lr = scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
+    lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
     for iteration in range(config["num_iterations"]):
-        logp = sequence_logprobs(model, rollout_, config["temperature"])  # [N, L]
+        with timer.phase("policy_forward"):
+            logp = sequence_logprobs(run.model, rollout, config["temperature"])  # [N, L]
         if iteration == 0 and config["num_iterations"] > 1:
             old_logp = logp.detach()  # the policy that sampled: its weights are unchanged until this update
         loss, loss_stats = grpo_loss(
-            logp, ref_logp, old_logp, advantages, rollout_.mask, loss_type=config["loss_type"],
+            logp, ref_logp, old_logp, advantages, rollout.mask, loss_type=config["loss_type"],
             kl_coeff=config["kl_coeff"], kl_estimator=config["kl_estimator"],
             aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
             max_completion_length=config["max_completion_length"])
-        accelerator.backward(loss)
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config["max_grad_norm"]))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        with timer.phase("backward"):
+            run.accelerator.backward(loss)
+        with timer.phase("optimizer"):
+            grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), config["max_grad_norm"]))
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
 
-    lengths = rollout_.mask.sum(dim=1)  # [N]
+    lengths = rollout.mask.sum(dim=1)  # [N]
     grouped = rewards.view(-1, config["group_size"])  # [B, G]
-    truncated = ~(rollout_.sequences[:, rollout_.prompt_width:] == tokenizer.eos_token_id).any(dim=1)  # [N]
+    truncated = ~(rollout.sequences[:, rollout.prompt_width:] == run.tokenizer.eos_token_id).any(dim=1)  # [N]
     num_generated = int(lengths.sum())
-    record = {
+    generation_seconds = timer.seconds["generation"]
+    metrics = {
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
         "train_accuracy": sum(scored["correct"]) / len(scored["correct"]),
         **{f"reward_{name}": sum(values) / len(values) for name, values in scored["terms"].items()
            if name != "total"},
-        "unparsed_fraction": reward_model.unparsed_fraction,
+        "unparsed_fraction": run.reward_model.unparsed_fraction,
         "advantage_std": advantages.std().item(),
         "zero_std_group_fraction": (grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean().item(),
         **loss_stats,
@@ -282,15 +291,14 @@ def grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config,
         "truncated_fraction": truncated.float().mean().item(),
         "grad_norm": grad_norm,
         "lr": lr,
-        "generation_seconds": rollout_.seconds,
-        "generated_tokens_per_s": num_generated / max(rollout_.seconds, 1e-9),
-        "_tokens": int(rollout_.attention_mask.sum()),
-        "_samples": [{"prompt": batch[i // config["group_size"]]["prompt"], "completion": rollout_.texts[i],
-                      "reward": rewards[i].item(), "advantage": advantages[i].item()}
-                     for i in range(min(NUM_SAMPLES_LOGGED, len(rollout_.texts)))],
+        "generation_seconds": generation_seconds,
+        "generated_tokens_per_s": num_generated / max(generation_seconds, 1e-9),
     }
-    reward_model.reset_counts()
-    return record
+    samples = [{"prompt": batch[i // config["group_size"]]["prompt"], "completion": rollout.texts[i],
+                "reward": rewards[i].item(), "advantage": advantages[i].item()}
+               for i in range(min(NUM_SAMPLES_LOGGED, len(rollout.texts)))]
+    run.reward_model.reset_counts()
+    return StepResult(metrics, int(rollout.attention_mask.sum()), samples)
 
 
 if __name__ == "__main__":

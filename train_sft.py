@@ -9,7 +9,8 @@ Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/eval_samples.jsonl, OUTPUT_DIR/step_
 (Hugging Face model + tokenizer, resolved config, training state, run summary). `init_from` starts from a
 checkpoint instead of model_name; `max_train_seconds` ends the run after the optimizer step at which training
 time (wall time minus evaluation and checkpoint saving; `elapsed_s` in metrics.jsonl) reaches it, and
-summary.json says `stopped_by_time`.
+summary.json says `stopped_by_time`. The loss is mathrl/objectives.py's `sft_loss`; the training step computes it
+with the shared-prefix fast path beside it (mathrl/fast_paths.py), which gives the same loss and gradients.
 
 How this departs from the paper:
 - The loss covers the answer tokens and a trailing EOS only (prompt and padding masked), so the model learns
@@ -27,8 +28,10 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, set_seed
@@ -38,10 +41,11 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
-from mathrl.generation import evaluate_sets, load_eval_sets
+from mathrl.evaluation import evaluate_sets, load_eval_sets
+from mathrl.fast_paths import shared_prefix_sft_loss
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.objectives import sft_labels
 from mathrl.prompts import encode_example
-from mathrl.rl_math import IGNORE_INDEX, sft_labels
 
 NUM_EVAL_SAMPLES_LOGGED = 8
 
@@ -69,50 +73,46 @@ def build_train_loader(examples, tokenizer, config) -> DataLoader:
                       collate_fn=lambda b: collate(b, tokenizer.pad_token_id, config["loss_on"]))
 
 
-def train_step(model, batch: dict, optimizer, scheduler, accelerator, max_grad_norm: float):
+@dataclass
+class SFTSetup:
+    """What the training loop needs, built by `setup` (main() and bench/bench_sft.py both build it there)."""
+    accelerator: Accelerator
+    model: torch.nn.Module        # as accelerate prepared it (forward, backward, clipping)
+    unwrapped: torch.nn.Module    # the same model unwrapped (evaluation, saving)
+    tokenizer: object
+    train_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int          # optimizer steps per pass over the training set
+    total_steps: int
+
+
+def setup(config: dict, init_from: str) -> SFTSetup:
+    """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate."""
+    accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
+    model, tokenizer = load_model_and_tokenizer(init_from, config)
+    train_loader = build_train_loader(load_jsonl(config["train_file"]), tokenizer, config)
+    steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
+    total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
+    optimizer = make_optimizer(model, config)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    return SFTSetup(accelerator, model, accelerator.unwrap_model(model), tokenizer, train_loader, optimizer,
+                    scheduler, steps_per_epoch, total_steps)
+
+
+def train_step(run: SFTSetup, batch: dict, max_grad_norm: float):
     """One micro-batch of the training loop: forward, backward and, at the end of an accumulation window, gradient
     clipping and the optimizer and schedule steps. Returns (loss, grad_norm); grad_norm is None mid-window."""
-    with accelerator.accumulate(model):
-        loss = causal_lm_loss(model, batch)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) \
-            if accelerator.sync_gradients else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+    with run.accelerator.accumulate(run.model):
+        loss = shared_prefix_sft_loss(run.model, batch)  # = objectives.sft_loss: model(**batch).loss
+        run.accelerator.backward(loss)
+        grad_norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm) \
+            if run.accelerator.sync_gradients else None
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
     return loss, grad_norm
-
-
-def causal_lm_loss(model, batch: dict) -> torch.Tensor:
-    """`model(**batch).loss` (mean next-token cross entropy over the labelled tokens), computing only what it needs.
-
-    Rows are right-padded and usually open with the same tokens (BOS and the start of the prompt): the keys and
-    values of such leading columns are the same in every row, so they are computed once, on one row, and shared
-    by all (gradients from every row flow back into them); their logits would score only unlabelled tokens.
-    Columns after the last labelled token are not run at all: nothing they produce reaches the loss. The labelled
-    tokens' logits are those of the one full pass (to float rounding), so loss and gradients are the same.
-    """
-    input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [B, T]
-    # Columns holding a scored label (a label in column 0 is never scored: nothing comes before it).
-    labelled = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1) + 1  # [K]
-    if labelled.numel() == 0:
-        return model(**batch).loss  # nothing to score: the plain pass (and its NaN)
-    first, last = int(labelled[0]), int(labelled[-1])
-    # Leading columns that hold one token in every row and whose logits score no label (column t scores t+1).
-    same = ((input_ids == input_ids[:1]).all(dim=0) & (attention_mask == 1).all(dim=0))[:first - 1]  # [first-1]
-    shared = int(same.long().cumprod(dim=0).sum()) if input_ids.shape[0] > 1 else 0
-    past = {}
-    if shared:
-        cache = model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_repeat_interleave(input_ids.shape[0])  # [1, ...] -> [B, ...]
-        past = {"past_key_values": cache}
-    # Columns shared .. last-1, attending to the shared columns; position ids default to the column index, as in
-    # the full pass over right-padded rows. Their logits score the labels of columns shared+1 .. last.
-    logits = model(input_ids=input_ids[:, shared:last], attention_mask=attention_mask[:, :last],
-                   use_cache=bool(past), **past).logits  # [B, last-shared, V]
-    targets = labels[:, shared + 1:last + 1]  # [B, last-shared]
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                             ignore_index=IGNORE_INDEX)
 
 
 def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, step, epoch,
@@ -128,7 +128,7 @@ def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, 
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    args, config = parse_args("sft", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    _, config = parse_args("sft", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     require_positive(config, "batch_size", "max_prompt_length", "max_completion_length",
                      "gradient_accumulation_steps", "log_every")
     if config["max_steps"] <= 0:
@@ -138,43 +138,33 @@ def main() -> None:
     set_seed(config["seed"])
     output_dir = prepare_output_dir(config["output_dir"])
 
-    # ---- model, tokenizer, data ---------------------------------------------------------------------
-    accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
-    model, tokenizer = load_model_and_tokenizer(init_from, config)
-    train_loader = build_train_loader(load_jsonl(config["train_file"]), tokenizer, config)
+    # ---- model, data, optimizer and schedule ----------------------------------------------------------
+    run = setup(config, init_from)
     eval_sets = load_eval_sets(config)
-
-    # ---- optimizer and schedule ---------------------------------------------------------------------
-    steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
-    total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
-    optimizer = make_optimizer(model, config)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
     # ---- train ----------------------------------------------------------------------------------------
     metrics = MetricsLog(output_dir / METRICS_NAME)
     samples_log = MetricsLog(output_dir / "eval_samples.jsonl")
     clock, step, window_tokens, window_start = RunClock(), 0, 0, time.perf_counter()
     stopped_by_time = False
-    eval_every = config["eval_every"] or steps_per_epoch
-    unwrapped = accelerator.unwrap_model(model)
-    progress = tqdm(total=total_steps, desc="sft", dynamic_ncols=True)
-    model.train()
-    while step < total_steps and not stopped_by_time:
-        for batch in train_loader:
-            lr = scheduler.get_last_lr()[0]  # the rate this step's update uses (logged after the scheduler moves)
-            loss, grad_norm = train_step(model, batch, optimizer, scheduler, accelerator, config["max_grad_norm"])
+    eval_every = config["eval_every"] or run.steps_per_epoch
+    progress = tqdm(total=run.total_steps, desc="sft", dynamic_ncols=True)
+    run.model.train()
+    while step < run.total_steps and not stopped_by_time:
+        for batch in run.train_loader:
+            lr = run.scheduler.get_last_lr()[0]  # the rate this step's update uses (logged after the scheduler moves)
+            loss, grad_norm = train_step(run, batch, config["max_grad_norm"])
             batch_tokens = int(batch["attention_mask"].sum())
             window_tokens += batch_tokens
             clock.tokens += batch_tokens
-            if not accelerator.sync_gradients:
+            if not run.accelerator.sync_gradients:
                 continue
             step += 1
             progress.update(1)
-            epoch = step / steps_per_epoch
+            epoch = step / run.steps_per_epoch
             # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.
             stopped_by_time = 0 < config["max_train_seconds"] <= clock.train_seconds()
-            last = step >= total_steps or stopped_by_time
+            last = step >= run.total_steps or stopped_by_time
             if step % config["log_every"] == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 metrics.log({"step": step, "epoch": round(epoch, 3), "loss": loss.item(),
@@ -185,12 +175,13 @@ def main() -> None:
             if step % eval_every == 0 or last:
                 train_seconds = clock.train_seconds()
                 with clock.paused():
-                    accuracy = evaluate_and_log(unwrapped, tokenizer, eval_sets, config, metrics, samples_log,
+                    accuracy = evaluate_and_log(run.unwrapped, run.tokenizer, eval_sets, config, metrics, samples_log,
                                                 step, epoch, train_seconds)
                 progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
                 window_start = time.perf_counter()  # evaluation time is not training throughput
             if not last:  # the last step is saved as final/
-                save_periodic(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step)
+                save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
+                              step)
             if last:
                 break
     progress.close()
@@ -198,7 +189,7 @@ def main() -> None:
     # ---- save -----------------------------------------------------------------------------------------
     metrics.close()
     samples_log.close()
-    save_final(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step=step,
+    save_final(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock, step=step,
                accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
 
 

@@ -6,11 +6,12 @@
     python bench/bench_grpo.py --no_trl                           # ours only (no TRL needed)
 
 Our step is exactly what train_grpo.main() runs per step: next prompt batch + `train_grpo.grpo_step` (generation,
-reward, reference forward, policy forward/backward, clip, AdamW, scheduler, metrics), built the way main() builds
-it (accelerate, deepcopy reference, cosine schedule). TRL's step is one optimizer step of `GRPOTrainer.train()`,
-timed by a callback from the end of the previous step (data loading included, like ours) to `on_step_end`;
-logging is pushed past the last step on both sides. Each shape runs warm-up steps, then alternates one TRL
-step and one of ours, so machine noise falls on both alike; medians are reported.
+reward, reference forward, policy forward/backward, clip, AdamW, scheduler, metrics), built by the function main()
+builds it with (`train_grpo.setup`: accelerate, deepcopy reference, cosine schedule). TRL's step is one
+optimizer step of `GRPOTrainer.train()`, timed by a callback from the end of the previous step (data loading
+included, like ours) to `on_step_end`; logging is pushed past the last step on both sides. Each shape runs
+warm-up steps, then alternates one TRL step and one of ours, so machine noise falls on both alike; medians are
+reported.
 
 Shapes are PROMPTSxCOMPLETIONSxNEW_TOKENS. The model has random weights, so completions rarely stop early and
 generation runs to the token limit. Settings on both sides: lr 5e-6, KL coefficient (TRL's beta) 0.05 with a
@@ -19,21 +20,21 @@ weight decay 0. TRL counts its batch in completions: per_device_train_batch_size
 What differs by design is each trainer's own loss (ours: the paper's -A log p + squared KL; TRL: its default
 "dapo" loss with group-scaled advantages); the cost of either is negligible next to the forwards.
 
-Phases are measured by wrapping the functions each step calls (generation = prompt tokenisation + generate +
-masks + decoding on both sides); "other" is the step time not covered by a phase. Writes bench/out/grpo_*.json.
+Our phases are the ones grpo_step records itself (its PhaseTimer, here waiting for the GPU at each boundary); TRL's
+are measured by wrapping the functions its step calls (generation = prompt tokenisation + generate + masks +
+decoding on both sides); "other" is the step time not covered by a phase. Writes bench/out/grpo_*.json.
 """
 
 from __future__ import annotations
 
 import sys
 
-from common import (OUT_DIR, PhaseTimer, environment, load_average, phase_medians, pin_threads, set_torch_threads,
-                    summarize, sync, write_json)
+from common import (OUT_DIR, environment, load_average, parse_bench_args, phase_medians, pin_threads,
+                    set_torch_threads, summarize, sync, timed, write_json)
 
 THREADS = pin_threads(sys.argv[1:])
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,11 +46,10 @@ set_torch_threads(THREADS)
 import train_grpo  # noqa: E402
 from mathrl.config import resolve_config  # noqa: E402
 from mathrl.data import load_jsonl  # noqa: E402
-from mathrl.generation import generation_config  # noqa: E402
-from mathrl.modeling import (load_model_and_tokenizer, load_tokenizer, make_accelerator, make_optimizer,  # noqa: E402
-                             resolve_model_path)
-from reward_model import MathRewardModel  # noqa: E402
-from transformers import TrainerCallback, get_cosine_schedule_with_warmup, set_seed  # noqa: E402
+from mathrl.modeling import load_tokenizer, resolve_model_path  # noqa: E402
+from mathrl.rewards import MathRewardModel  # noqa: E402
+from mathrl.timing import PhaseTimer  # noqa: E402
+from transformers import TrainerCallback, set_seed  # noqa: E402
 
 TINY_CONFIG = "configs/tiny.yaml"
 DEFAULT_SHAPES = "2x4x8,8x8x16"
@@ -122,71 +122,24 @@ class OursGRPO:
         config["num_train_steps"] = total_steps
         set_seed(config["seed"])
         self.config = config
-        self.accelerator = make_accelerator(config)
-        model, self.tokenizer = load_model_and_tokenizer(config["model_name"], config)
-        self.reference = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
-        self.reward_model = MathRewardModel(config["correct_reward"], config["wrong_reward"],
-                                            config["format_reward_weight"], config["length_reward_weight"],
-                                            config["max_completion_length"])
-        self.batches = train_grpo.prompt_batches(load_jsonl(config["train_file"]), config["batch_size"],
-                                                 config["seed"])
-        self.gen_config = generation_config(self.tokenizer, config["max_completion_length"], True,
-                                            config["temperature"], config["top_p"])
-        optimizer = make_optimizer(model, config)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.unwrapped = self.accelerator.unwrap_model(self.model)
-        self.device = self.accelerator.device
-        self.timer = PhaseTimer(self.device)
+        self.run = train_grpo.setup(config, config["model_name"])
+        self.device = self.run.accelerator.device
+        self.timer = PhaseTimer(sync=True)
         self.records: list[dict] = []
-
-    def _patches(self) -> list[tuple[object, str, object]]:
-        """(owner, attribute, timed replacement) for every phase of grpo_step."""
-        t = self.timer
-
-        def forward_kind(*args, **kwargs):
-            return "policy_forward" if torch.is_grad_enabled() else "ref_forward"
-
-        patches = [(train_grpo, "rollout", t.wrap("generation", train_grpo.rollout)),
-                   (train_grpo, "score", t.wrap("reward", train_grpo.score)),
-                   (train_grpo, "sequence_logprobs", t.wrap(None, train_grpo.sequence_logprobs, forward_kind)),
-                   (self.accelerator, "backward", t.wrap("backward", self.accelerator.backward)),
-                   (self.accelerator, "clip_grad_norm_", t.wrap("optimizer", self.accelerator.clip_grad_norm_))]
-        for owner, name in ((self.optimizer, "step"), (self.optimizer, "zero_grad"), (self.scheduler, "step")):
-            patches.append((owner, name, t.wrap("optimizer", getattr(owner, name))))
-        return patches
 
     def step(self) -> dict:
         """One training step as main() runs it: {"wall_s", "cpu_s" (this thread's CPU time), "phases"}."""
-        patches = self._patches()
-        saved = [(owner, name, owner.__dict__.get(name, _MISSING) if hasattr(owner, "__dict__") else _MISSING)
-                 for owner, name, _ in patches]
-        for owner, name, timed in patches:
-            setattr(owner, name, timed)
-        self.timer.reset()
-        try:
-            sync(self.device)
-            start, cpu_start = time.perf_counter(), time.thread_time()
-            batch = next(self.batches)
-            with self.accelerator.autocast():
-                record = train_grpo.grpo_step(self.model, self.unwrapped, self.reference, self.tokenizer, batch,
-                                              self.config, self.gen_config, self.reward_model, self.optimizer,
-                                              self.scheduler, self.accelerator)
-            sync(self.device)
-            seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
-        finally:
-            for owner, name, old in saved:
-                if old is _MISSING:
-                    delattr(owner, name)
-                else:
-                    setattr(owner, name, old)
-        self.records.append({k: v for k, v in record.items() if not k.startswith("_")})
-        phases = dict(self.timer.current)
+        sync(self.device)
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        batch = next(self.run.batches)
+        with self.run.accelerator.autocast():
+            result = train_grpo.grpo_step(self.run, batch, self.config, self.timer)
+        sync(self.device)
+        seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
+        self.records.append(result.metrics)
+        phases = dict(self.timer.seconds)
         phases["other"] = seconds - sum(phases.values())
         return {"wall_s": seconds, "cpu_s": cpu, "phases": phases}
-
-
-_MISSING = object()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,25 +160,25 @@ class Interleave(TrainerCallback):
     """Times each TRL step from the end of the previous one (so its data loading counts) to `on_step_end`, then
     runs one of our steps before TRL's next one, so the two alternate."""
 
-    def __init__(self, ours: OursGRPO | None, timer: PhaseTimer):
-        self.ours, self.timer = ours, timer
+    def __init__(self, ours: OursGRPO | None, timer: PhaseTimer, device):
+        self.ours, self.timer, self.device = ours, timer, device
         self.trl: list[dict] = []
         self.ours_results: list[dict] = []
         self.mark = self.cpu_mark = 0.0
 
     def _start(self) -> None:
         self.timer.reset()
-        sync(self.timer.device)
+        sync(self.device)
         self.mark, self.cpu_mark = time.perf_counter(), time.thread_time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        sync(self.timer.device)
+        sync(self.device)
         now, cpu = time.perf_counter(), time.thread_time() - self.cpu_mark
         seconds = now - self.mark
-        phases = dict(self.timer.current)
+        phases = dict(self.timer.seconds)
         if "backward_end" in phases:  # clip + optimizer step + scheduler + zero_grad (+ the loop's glue)
             phases["optimizer"] = now - phases.pop("backward_end")
         phases["other"] = seconds - sum(phases.values())
@@ -253,8 +206,7 @@ def build_trl(model_dir: str, examples: list[dict], shape, total_steps: int, see
         logging_steps=total_steps + 1, save_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_pin_memory=False, log_completions=False,
     )
-    reward_model = MathRewardModel(config["correct_reward"], config["wrong_reward"], config["format_reward_weight"],
-                                   config["length_reward_weight"], config["max_completion_length"])
+    reward_model = MathRewardModel.from_config(config)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "answer": e["answer"]} for e in examples])
     trainer = GRPOTrainer(model=model_dir, reward_funcs=trl_reward(reward_model), args=args,
                           train_dataset=dataset, processing_class=load_tokenizer(model_dir), callbacks=[callback])
@@ -265,14 +217,14 @@ def build_trl(model_dir: str, examples: list[dict], shape, total_steps: int, see
     def backward(*args, **kwargs):
         with timer.phase("backward"):
             out = backward_fn(*args, **kwargs)
-        timer.current["backward_end"] = time.perf_counter()
+        timer.seconds["backward_end"] = time.perf_counter()
         return out
 
     backward_fn = trainer.accelerator.backward
-    trainer._generate = timer.wrap("generation", trainer._generate)
-    trainer._calculate_rewards = timer.wrap("reward", trainer._calculate_rewards)
-    trainer._get_per_token_logps_and_entropies = timer.wrap(None, trainer._get_per_token_logps_and_entropies,
-                                                            forward_kind)
+    trainer._generate = timed(timer, "generation", trainer._generate)
+    trainer._calculate_rewards = timed(timer, "reward", trainer._calculate_rewards)
+    trainer._get_per_token_logps_and_entropies = timed(timer, None, trainer._get_per_token_logps_and_entropies,
+                                                       forward_kind)
     trainer.accelerator.backward = backward
     return trainer
 
@@ -299,8 +251,8 @@ def run_shape(args, model_name: str, model_dir: str, shape, device) -> dict:
         runs = [ours.step() for _ in range(total)]
         result["ours"] = summarize_side(runs[args.warmup:])
     else:
-        timer = PhaseTimer(device)
-        interleaver = Interleave(ours, timer)
+        timer = PhaseTimer(sync=True)
+        interleaver = Interleave(ours, timer, device)
         with tempfile.TemporaryDirectory(dir=OUT_DIR) as work_dir:
             trainer = build_trl(model_dir, load_jsonl(ours.config["train_file"]), shape, total, args.seed, device,
                                 interleaver, timer, work_dir)
@@ -338,15 +290,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("tiny", "tinyllama"), default="tiny")
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated PROMPTSxCOMPLETIONSxTOKENS")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per side and shape (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--no_trl", action="store_true", help="time our step only")
-    parser.add_argument("--out", default=None, help="JSON file (default bench/out/grpo_MODEL_DEVICE.json)")
-    args = parser.parse_args()
-    if args.steps < 5:
-        parser.error("--steps must be >= 5")
+    args = parse_bench_args(parser, 7, "bench/out/grpo_MODEL_DEVICE.json")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.model == "tinyllama":

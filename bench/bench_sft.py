@@ -4,9 +4,10 @@
     bench/.venv/bin/python bench/bench_sft.py            # built-in tiny model, tiny training data, batch 64, 1 thread
     python bench/bench_sft.py --no_trl                   # ours only (no TRL needed)
 
-Our step is one iteration of train_sft.py's training loop as main() builds it (accelerate-prepared DataLoader with
-its collate, forward with the completion-only labels, backward, clip, AdamW, cosine schedule): the function
-`train_sft.train_step` that main() calls, plus fetching the next batch. TRL's step is one optimizer step of
+Our step is one iteration of train_sft.py's training loop, built by the function main() builds it with
+(`train_sft.setup`: accelerate-prepared DataLoader with its collate, AdamW, cosine schedule): the function
+`train_sft.train_step` that main() calls (forward with the completion-only labels, backward, clip, optimizer and
+schedule steps), plus fetching the next batch. TRL's step is one optimizer step of
 `SFTTrainer.train()` on a prompt/completion dataset (completion-only loss, TRL's default for that format; EOS
 appended by TRL like ours), timed by a callback from the end of the previous step (so its data loading counts,
 like ours) to `on_step_end`; logging is pushed past the last step. Both sides run fp32, no gradient
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import sys
 
-from common import (OUT_DIR, environment, load_average, pin_threads, set_torch_threads, summarize, sync,
-                    write_json)
+from common import (OUT_DIR, environment, load_average, parse_bench_args, pin_threads, set_torch_threads, summarize,
+                    sync, write_json)
 
 THREADS = pin_threads(sys.argv[1:])
 
@@ -37,10 +38,9 @@ set_torch_threads(THREADS)
 import train_sft  # noqa: E402
 from mathrl.config import resolve_config  # noqa: E402
 from mathrl.data import load_jsonl  # noqa: E402
-from mathrl.modeling import (load_model_and_tokenizer, load_tokenizer, make_accelerator, make_optimizer,  # noqa: E402
-                             resolve_model_path)
+from mathrl.modeling import load_tokenizer, resolve_model_path  # noqa: E402
 from mathrl.prompts import completion_text  # noqa: E402
-from transformers import TrainerCallback, get_cosine_schedule_with_warmup, set_seed  # noqa: E402
+from transformers import TrainerCallback, set_seed  # noqa: E402
 
 TINY_CONFIG = "configs/tiny.yaml"
 
@@ -53,33 +53,26 @@ def sft_config(batch_size: int, seed: int, total_steps: int) -> dict:
 
 
 class OursSFT:
-    """train_sft.main()'s setup, and one iteration of its training loop per step()."""
+    """train_sft.main()'s setup (`train_sft.setup`), and one iteration of its training loop per step()."""
 
     def __init__(self, batch_size: int, seed: int, total_steps: int):
         config = sft_config(batch_size, seed, total_steps)
         set_seed(config["seed"])
         self.config = config
-        self.accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
-        model, tokenizer = load_model_and_tokenizer(config["model_name"], config)
-        loader = train_sft.build_train_loader(load_jsonl(config["train_file"]), tokenizer, config)
-        optimizer = make_optimizer(model, config)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            model, optimizer, loader, scheduler)
-        self.model.train()
-        self.device = self.accelerator.device
+        self.run = train_sft.setup(config, config["model_name"])
+        self.run.model.train()
+        self.device = self.run.accelerator.device
         self.batches = self._endless()
 
     def _endless(self):
         while True:
-            yield from self.loader
+            yield from self.run.train_loader
 
     def step(self) -> dict:
         sync(self.device)
         start, cpu_start = time.perf_counter(), time.thread_time()
         batch = next(self.batches)
-        train_sft.train_step(self.model, batch, self.optimizer, self.scheduler, self.accelerator,
-                             self.config["max_grad_norm"])
+        train_sft.train_step(self.run, batch, self.config["max_grad_norm"])
         tokens = int(batch["attention_mask"].sum())
         sync(self.device)
         return {"wall_s": time.perf_counter() - start, "cpu_s": time.thread_time() - cpu_start, "tokens": tokens,
@@ -158,15 +151,7 @@ def summarize_side(results: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per side (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--no_trl", action="store_true", help="time our step only")
-    parser.add_argument("--out", default=None, help="JSON file (default bench/out/sft_tiny_DEVICE.json)")
-    args = parser.parse_args()
-    if args.steps < 5:
-        parser.error("--steps must be >= 5")
+    args = parse_bench_args(parser, 12, "bench/out/sft_tiny_DEVICE.json")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     total = args.warmup + args.steps

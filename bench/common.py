@@ -11,8 +11,6 @@ import os
 import platform
 import statistics
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +36,20 @@ def pin_threads(argv: list[str]) -> int:
     return threads
 
 
+def parse_bench_args(parser, default_steps: int, default_out: str):
+    """Add the options both benchmarks take (--steps, --warmup, --threads, --seed, --no_trl, --out) and parse."""
+    parser.add_argument("--steps", type=int, default=default_steps, help="timed steps per side (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no_trl", action="store_true", help="time our step only")
+    parser.add_argument("--out", default=None, help=f"JSON file (default {default_out})")
+    args = parser.parse_args()
+    if args.steps < 5:
+        parser.error("--steps must be >= 5")
+    return args
+
+
 def set_torch_threads(threads: int) -> None:
     import torch
 
@@ -53,35 +65,14 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-class PhaseTimer:
-    """Accumulates wall time per named phase for the current step (reset() starts a new step)."""
+def timed(timer, name, fn, classify=None):
+    """fn, its wall time added to `timer` (a mathrl.timing.PhaseTimer) under `name` (or classify(*args, **kwargs)).
 
-    def __init__(self, device):
-        self.device = device
-        self.current: dict[str, float] = {}
-
-    def reset(self) -> None:
-        self.current = {}
-
-    def add(self, name: str, seconds: float) -> None:
-        self.current[name] = self.current.get(name, 0.0) + seconds
-
-    @contextmanager
-    def phase(self, name: str):
-        sync(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            sync(self.device)
-            self.add(name, time.perf_counter() - start)
-
-    def wrap(self, name, fn, classify=None):
-        """fn, timed under `name` (or under classify(*args, **kwargs) when given)."""
-        def timed(*args, **kwargs):
-            with self.phase(classify(*args, **kwargs) if classify else name):
-                return fn(*args, **kwargs)
-        return timed
+    For TRL's side only: our trainer records its own phases."""
+    def wrapper(*args, **kwargs):
+        with timer.phase(classify(*args, **kwargs) if classify else name):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def summarize(values: list[float]) -> dict:

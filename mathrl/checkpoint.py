@@ -110,10 +110,6 @@ class MetricsLog:
         self._file.close()
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 class RunClock:
     """Wall time, training time, tokens seen, peak memory and device for a run's summary.json.
 

@@ -5,7 +5,7 @@ it. Noise: accuracies are compared with a two-proportion test, SE = sqrt(p (1 - 
 pooled accuracy; means over prompts (completion tokens, distinct answers) with SE = sqrt(se1^2 + se2^2). A
 difference counts only when it is larger than 2 SE; otherwise the verdict is "inconclusive".
 
-`runs` maps a run name (base, sft, warm_start, grpo, sft_grpo, h2h_sft, h2h_grpo) to what mathrl.report loads:
+`runs` maps a run name (the entries of mathrl/runs.py) to what mathrl.report loads:
   summary      the checkpoint's summary.json ({} for the base model)
   metrics      the run's metrics.jsonl records ([] for base and warm_start)
   held_out     evaluate.py's result on the held-out set (accuracy, num_examples, diversity, predictions, ...)
@@ -15,6 +15,8 @@ difference counts only when it is larger than 2 SE; otherwise the verdict is "in
 from __future__ import annotations
 
 import math
+
+from mathrl.diversity import mean_and_se
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 PAPER_COST_RATIO = (3.0, 4.0)  # section 5.3.1: "approximately 3-4x longer than SFT"
@@ -40,10 +42,7 @@ def verdict(difference: float, se: float) -> str:
 
 
 def mean_tokens_and_se(result: dict) -> tuple[float, float]:
-    tokens = [p["num_tokens"] for p in result["predictions"]]
-    n, mean = len(tokens), sum(tokens) / len(tokens)
-    variance = sum((t - mean) ** 2 for t in tokens) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(variance / n)
+    return mean_and_se([p["num_tokens"] for p in result["predictions"]])
 
 
 def acc(result: dict) -> str:

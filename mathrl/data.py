@@ -1,4 +1,5 @@
-"""Arithmetic datasets: the repo's one JSONL loader and a seeded generator for every file in data/.
+"""Arithmetic datasets: the repo's JSONL reading (data files validated, run records as they are) and a seeded
+generator for every file in data/.
 
 Line format follows the paper (section 3.1.2, Appendix A.2):
     {"prompt": "What is 15 + 27? Answer with an integer.", "answer": "42"}
@@ -111,6 +112,11 @@ def load_jsonl(path: str | Path) -> list[dict]:
     if not examples:
         raise UserError(f"{path}: no examples (empty file)")
     return examples
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every non-blank line of a JSONL file the repo wrote itself (metrics, samples, predictions), unvalidated."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------------------

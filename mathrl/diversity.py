@@ -1,7 +1,7 @@
 """How diverse a model's sampled answers are (paper 5.2.2: "GRPO generates more diverse responses"): pure functions.
 
-Input: for each prompt, K completions sampled at some temperature, and the prompt's gold answer. Answers are read
-with the reward module's extractor, exactly as greedy accuracy reads them. Per eval set:
+Input: for each prompt, K completions sampled at some temperature, and the prompt's example (its gold answer).
+Answers are read and judged by mathrl/answers.py, exactly as greedy accuracy and the reward read them. Per eval set:
 
 - pass@K: fraction of prompts with at least one correct sample. With exactly K samples drawn this is the plain
   estimate (the unbiased estimator of Chen et al. 2021 reduces to it when n = k).
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Sequence
 
-from reward_model import extract_answer
+from mathrl.answers import expected_answer, extract_answer, is_correct
 
 
 def majority_vote(answers: Sequence[int | None]) -> int | None:
@@ -46,22 +46,21 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / n)
 
 
-def diversity_metrics(samples: Sequence[Sequence[str]], gold: Sequence[int],
-                      extract: Callable[[str], int | None] = extract_answer) -> dict:
+def diversity_metrics(samples: Sequence[Sequence[str]], examples: Sequence[dict]) -> dict:
     """Diversity of K sampled completions per prompt (see the module docstring). samples[i] holds prompt i's K
-    completion texts, gold[i] its answer. Every prompt must have the same number of samples (K >= 1)."""
-    if len(samples) != len(gold) or not samples:
-        raise ValueError(f"need one list of samples per gold answer, got {len(samples)} and {len(gold)}")
+    completion texts, examples[i] the example they answer. Every prompt must have the same number of samples
+    (K >= 1)."""
+    if len(samples) != len(examples) or not samples:
+        raise ValueError(f"need one list of samples per example, got {len(samples)} and {len(examples)}")
     k = len(samples[0])
     if k < 1 or any(len(s) != k for s in samples):
         raise ValueError("every prompt needs the same number (>= 1) of samples")
     passed, majority, correct, distinct_answers, distinct_texts = [], [], [], [], []
-    for texts, answer in zip(samples, gold):
-        extracted = [extract(t) for t in texts]
-        hits = [a is not None and a == answer for a in extracted]
+    for texts, example in zip(samples, examples):
+        extracted = [extract_answer(t) for t in texts]
+        hits = [is_correct(example, t) for t in texts]
         passed.append(any(hits))
-        vote = majority_vote(extracted)
-        majority.append(vote is not None and vote == answer)
+        majority.append(majority_vote(extracted) == expected_answer(example))  # no vote (None) is wrong
         correct += hits
         distinct_answers.append(len(set(extracted)))
         distinct_texts.append(len(set(texts)))
@@ -79,3 +78,15 @@ def diversity_metrics(samples: Sequence[Sequence[str]], gold: Sequence[int],
         "distinct_completions": texts_mean,
         "distinct_completions_se": texts_se,
     }
+
+
+def diversity_table(rows: list[tuple[str, str, dict]], columns: tuple[str, str] = ("run", "eval set")) -> str:
+    """A markdown table with one line per (name, eval set, diversity dict with temperature and top_p)."""
+    lines = [f"| {columns[0]} | {columns[1]} | K | temperature / top_p | pass@K | majority vote | sampled acc | "
+             "distinct answers | distinct completions |", "|" + "---|" * 9]
+    for name, label, d in rows:
+        lines.append(f"| {name} | {label} | {d['num_samples']} | {d['temperature']:g} / {d['top_p']:g} | "
+                     f"{d['pass_at_k']:.3f} | {d['majority_accuracy']:.3f} | {d['sampled_accuracy']:.3f} | "
+                     f"{d['distinct_answers']:.2f} ± {d['distinct_answers_se']:.2f} | "
+                     f"{d['distinct_completions']:.2f} ± {d['distinct_completions_se']:.2f} |")
+    return "\n".join(lines)

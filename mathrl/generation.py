@@ -1,21 +1,18 @@
-"""Batched generation and greedy accuracy, shared by both trainers, evaluate.py and the inference scripts.
+"""Batched generation, shared by both trainers, evaluate.py and the inference scripts.
 
-Prompts are left-padded and a whole batch goes through one `model.generate` call (KV cache on); answers are
-read off the generated ids, never by re-tokenizing text, and scored by the reward module's extractor.
+Prompts are left-padded and a whole batch goes through one `model.generate` call (KV cache on); completions are
+read off the generated ids, never by re-tokenizing text, and cut at their first EOS (`completion_mask`).
 """
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-
 import torch
 from transformers import GenerationConfig
 
-from mathrl.data import load_jsonl, operation_of
 from mathrl.errors import UserError
+from mathrl.fast_paths import shared_prompt_cache
+from mathrl.objectives import completion_mask
 from mathrl.prompts import prompt_ids
-from reward_model import extract_answer
 
 GENERATION_CACHES = ("dynamic", "static")
 
@@ -59,30 +56,16 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], gen_config: Generat
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)  # [B, P]
     cache = {}
     if num_return_sequences > 1:
-        # (A static cache is allocated by generate() itself, so it gets no shared prefix.)
-        if input_ids.shape[1] > 1 and gen_config.cache_implementation != "static":
-            # The n samples of a prompt share it: run each prompt (all but its last token) once and copy its
-            # keys/values to the n rows, instead of letting generate() prefill the same prompt n times. generate()
-            # then starts from the last prompt token, with the same positions and sampling as without the cache.
-            prefix_mask = attention_mask[:, :-1]  # [B, P-1]
-            prefix = model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
-                           position_ids=(prefix_mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True,
-                           logits_to_keep=1).past_key_values
-            prefix.batch_repeat_interleave(num_return_sequences)  # [B*n, ...]
-            cache = {"past_key_values": prefix}
+        # The n samples of a prompt share it: prefill it once (mathrl/fast_paths.py), not n times. A static cache
+        # is allocated by generate() itself, so it gets no shared prefix.
+        if gen_config.cache_implementation != "static":
+            cache = shared_prompt_cache(model, input_ids, attention_mask, num_return_sequences)
         input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)  # [B*n, P]
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)  # [B*n, P]
     sequences = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config, **cache
     )  # [B*n, P+L]
     return sequences, input_ids.shape[1]
-
-
-def trim_completion(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
-    """Completion ids up to (not including) the first EOS, and whether an EOS was produced."""
-    if eos_id in ids:
-        return ids[: ids.index(eos_id)], True
-    return ids, False
 
 
 def complete(model, tokenizer, prompt_texts: list[str], config: dict, *, batch_size: int,
@@ -96,57 +79,12 @@ def complete(model, tokenizer, prompt_texts: list[str], config: dict, *, batch_s
     for start in range(0, len(prompt_texts), batch_size):
         batch = [prompt_ids(tokenizer, p, fmt, max_prompt) for p in prompt_texts[start:start + batch_size]]
         sequences, width = generate_ids(model, tokenizer, batch, gen_config, num_samples)
-        completions = sequences[:, width:].tolist()
-        for i in range(len(batch)):
-            samples = []
-            for ids in completions[i * num_samples:(i + 1) * num_samples]:
-                kept, ended = trim_completion(ids, tokenizer.eos_token_id)
-                samples.append({"text": tokenizer.decode(kept, skip_special_tokens=True),
-                                "num_tokens": len(kept) + int(ended), "ended": ended})
-            outputs.append(samples)
+        completions = sequences[:, width:]  # [B*n, L]
+        kept = completion_mask(completions, tokenizer.eos_token_id).sum(dim=1).long().tolist()  # [B*n], EOS included
+        rows = []
+        for ids, n in zip(completions.tolist(), kept):
+            ended = ids[n - 1] == tokenizer.eos_token_id
+            rows.append({"text": tokenizer.decode(ids[:n - ended], skip_special_tokens=True), "num_tokens": n,
+                         "ended": ended})
+        outputs += [rows[i:i + num_samples] for i in range(0, len(rows), num_samples)]
     return outputs
-
-
-def greedy_accuracy(model, tokenizer, examples: list[dict], config: dict, batch_size: int | None = None) -> dict:
-    """Greedy held-out accuracy: overall, per operation, mean completion tokens, and per-example predictions."""
-    was_training = model.training
-    model.eval()
-    completions = complete(model, tokenizer, [e["prompt"] for e in examples], config,
-                           batch_size=batch_size or config["eval_batch_size"])
-    model.train(was_training)
-    predictions, by_op = [], defaultdict(list)
-    for example, (sample,) in zip(examples, completions):
-        predicted = extract_answer(sample["text"])
-        correct = predicted is not None and predicted == int(example["answer"])
-        op = operation_of(example)
-        by_op[op].append(correct)
-        predictions.append({"prompt": example["prompt"], "answer": example["answer"], "operation": op,
-                            "completion": sample["text"], "predicted": predicted, "correct": correct,
-                            "num_tokens": sample["num_tokens"]})
-    n = len(predictions)
-    return {
-        "accuracy": sum(p["correct"] for p in predictions) / n,
-        "num_examples": n,
-        "mean_completion_tokens": sum(p["num_tokens"] for p in predictions) / n,
-        "per_operation": {op: sum(v) / len(v) for op, v in sorted(by_op.items())},
-        "predictions": predictions,
-    }
-
-
-def load_eval_sets(config: dict) -> dict[str, list[dict]]:
-    """The held-out set ("eval") and, when configured, the out-of-distribution set ("ood")."""
-    eval_sets = {"eval": load_jsonl(config["eval_file"])}
-    if config["ood_eval_file"]:
-        eval_sets["ood"] = load_jsonl(config["ood_eval_file"])
-    return eval_sets
-
-
-def evaluate_sets(model, tokenizer, eval_sets: dict[str, list[dict]], config: dict) -> tuple[dict, dict]:
-    """Greedy accuracy on each set: a flat metrics record ({name}_accuracy, ...) and the full results."""
-    start, record, results = time.perf_counter(), {}, {}
-    for name, examples in eval_sets.items():
-        results[name] = greedy_accuracy(model, tokenizer, examples, config)
-        record[f"{name}_accuracy"] = results[name]["accuracy"]
-        record[f"{name}_completion_tokens"] = results[name]["mean_completion_tokens"]
-    record["eval_seconds"] = time.perf_counter() - start
-    return record, results

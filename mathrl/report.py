@@ -1,8 +1,9 @@
 """compare.py's outputs: REPORT.md, results.json, samples.md and the plots, from the runs it left in OUTPUT_DIR.
 
-Every number comes from a run's files: final/summary.json (steps, training and wall time, tokens, peak memory,
-device), metrics.jsonl (curves) and the evaluate.py results compare.py stored beside each checkpoint
-(eval-*.json, eval-*.predictions.jsonl). The claim lines come from mathrl/claims.py.
+Every number comes from a run's files, final/summary.json (steps, training and wall time, tokens, peak memory,
+device) and metrics.jsonl (curves), and from the evaluate.py results compare.py hands over (it also keeps them
+beside each checkpoint, eval-*.json and eval-*.predictions.jsonl, for reuse). The claim lines come from
+mathrl/claims.py.
 """
 
 from __future__ import annotations
@@ -14,39 +15,22 @@ import time
 from pathlib import Path
 
 from mathrl.claims import binomial_se, check_claims, eval_curve, notes
-from mathrl.data import OPS, load_jsonl
-
-DESCRIPTIONS = {
-    "base": "the base model, untrained",
-    "sft": "SFT from the base model",
-    "warm_start": "SFT checkpoint at warm_start_steps (head-to-head start)",
-    "grpo": "GRPO from the base model",
-    "sft_grpo": "GRPO from sft/final (two-stage recipe)",
-    "h2h_sft": "warm start + SFT for head_to_head_seconds",
-    "h2h_grpo": "warm start + GRPO for head_to_head_seconds",
-}
-
+from mathrl.data import OPS, load_jsonl, read_jsonl
+from mathrl.diversity import diversity_table
+from mathrl.runs import BY_NAME, GRPO_SCRIPT, trained_by
 
 # ---- loading ----------------------------------------------------------------------------------------------
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def load_run(target, config: dict) -> dict:
-    """Summary, metrics and evaluation of one compare.py target, keyed as mathrl/claims.py expects."""
-    ckpt = Path(target.ckpt)
-    trained = target.name != "base"
-    evaluation = json.loads(target.eval_path.read_text())["results"]
-    predictions = read_jsonl(target.eval_path.with_suffix(".predictions.jsonl"))
-    by_file = {}
-    for result in evaluation:
-        result["predictions"] = [p for p in predictions if p["eval_file"] == result["eval_file"]]
-        by_file[result["eval_file"]] = result
+def load_run(target, evaluation: list[dict], config: dict) -> dict:
+    """Summary and metrics of one compare.py target, and its evaluation (one result per eval file, predictions
+    included), keyed as mathrl/claims.py expects."""
+    ckpt, spec = Path(target.ckpt), BY_NAME[target.name]
+    trained = spec.script is not None or spec.starts_from is not None  # a checkpoint with a summary.json
+    by_file = {result["eval_file"]: result for result in evaluation}
     return {
         "name": target.name, "ckpt": target.ckpt, "offset_s": target.offset_s,
         "summary": json.loads((ckpt / "summary.json").read_text()) if trained else {},
-        "metrics": read_jsonl(ckpt.parent / "metrics.jsonl") if trained and target.name != "warm_start" else [],
+        "metrics": read_jsonl(ckpt.parent / "metrics.jsonl") if spec.script else [],  # the run's own curves
         "held_out": by_file[config["eval_file"]],
         "ood": by_file.get(config["ood_eval_file"]) if config["ood_eval_file"] else None,
     }
@@ -91,7 +75,7 @@ def row(run: dict) -> dict:
     s, held, ood = run["summary"], run["held_out"], run["ood"]
     steps, seconds = s.get("step"), s.get("train_seconds")
     return {
-        "ckpt": run["ckpt"], "description": DESCRIPTIONS[run["name"]],
+        "ckpt": run["ckpt"], "description": BY_NAME[run["name"]].description,
         "held_out_accuracy": held["accuracy"], "held_out_n": held["num_examples"],
         "held_out_se": binomial_se(held["accuracy"], held["num_examples"]),
         "ood_accuracy": ood["accuracy"] if ood else None, "ood_n": ood["num_examples"] if ood else None,
@@ -135,18 +119,6 @@ def diversity_rows(runs: dict) -> dict:
     return out
 
 
-def diversity_table(rows: dict) -> str:
-    lines = ["| run | eval set | K | temperature / top_p | pass@K | majority vote | sampled acc | distinct answers "
-             "| distinct completions |", "|" + "---|" * 9]
-    for name, sets in rows.items():
-        for label, d in sets.items():
-            lines.append(f"| {name} | {label} | {d['num_samples']} | {d['temperature']:g} / {d['top_p']:g} | "
-                         f"{d['pass_at_k']:.3f} | {d['majority_accuracy']:.3f} | {d['sampled_accuracy']:.3f} | "
-                         f"{d['distinct_answers']:.2f} ± {d['distinct_answers_se']:.2f} | "
-                         f"{d['distinct_completions']:.2f} ± {d['distinct_completions_se']:.2f} |")
-    return "\n".join(lines)
-
-
 # ---- samples.md -------------------------------------------------------------------------------------------
 
 def code(text: str) -> str:
@@ -158,7 +130,7 @@ def samples_markdown(runs: dict, count: int) -> str:
              f"The first {count} prompts of each eval set; greedy completion, then the sampled ones "
              "(✓ = the extracted answer is right). Completions are shown as JSON strings, so spaces are visible.", ""]
     for name, run in runs.items():
-        lines += [f"## {name}: {DESCRIPTIONS[name]}", "", f"checkpoint: `{run['ckpt']}`", ""]
+        lines += [f"## {name}: {BY_NAME[name].description}", "", f"checkpoint: `{run['ckpt']}`", ""]
         for label in ("held_out", "ood"):
             if not run[label]:
                 continue
@@ -202,7 +174,7 @@ def plot(out: Path, runs: dict) -> list[str]:
     acc_ax.legend()
     names.append(save(fig, "sft_curves.png"))
 
-    grpo_runs = [n for n in ("grpo", "sft_grpo") if n in runs]
+    grpo_runs = [n for n in trained_by(GRPO_SCRIPT) if n in runs]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, title in zip(axes, ("reward_mean", "kl", "eval_accuracy"),
                               ("GRPO mean reward", "KL to the reference", "held-out greedy accuracy")):
@@ -225,7 +197,7 @@ def plot(out: Path, runs: dict) -> list[str]:
     names.append(save(fig, "accuracy_vs_time.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    for name in ("grpo", "sft_grpo", "h2h_grpo"):
+    for name in grpo_runs:
         ax.plot(*series(runs[name], "completion_length_mean"), label=name)
     ax.set(title="Mean completion length during GRPO (tokens, EOS included)", xlabel="step", ylabel="tokens")
     ax.legend()
@@ -261,7 +233,9 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
                   f"{config['diversity_samples']} samples per prompt (temperature {config['diversity_temperature']:g}, "
                   f"top_p {config['diversity_top_p']:g}). pass@K: a prompt with at least one right sample; majority "
                   "vote: the most common extracted answer (ties: first seen); distinct: per prompt, ± SE over "
-                  "prompts (mathrl/diversity.py).", "", diversity_table(diversity), ""]
+                  "prompts (mathrl/diversity.py).", "",
+                  diversity_table([(name, label, d) for name, sets in diversity.items() for label, d in sets.items()]),
+                  ""]
     lines += ["## The paper's claims, checked", "",
               "Differences within 2 standard errors are \"inconclusive\" (mathrl/claims.py).", ""]
     for c in claims:
@@ -275,9 +249,9 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
     return "\n".join(lines)
 
 
-def write_report(out: Path, targets: list, config: dict, context: dict) -> Path:
+def write_report(out: Path, targets: list, evaluations: dict[str, list[dict]], config: dict, context: dict) -> Path:
     """Write REPORT.md, results.json, samples.md and the plots into `out`; returns REPORT.md's path."""
-    runs = {t.name: load_run(t, config) for t in targets}
+    runs = {t.name: load_run(t, evaluations[t.name], config) for t in targets}
     h = header(runs, config, context)
     rows = {name: row(run) for name, run in runs.items()}
     diversity = diversity_rows(runs)

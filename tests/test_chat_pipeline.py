@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from mathrl.checkpoint import read_metrics
+from mathrl.data import read_jsonl
 from mathrl.data import load_jsonl, write_jsonl
 from mathrl.prompts import encode_example
 from tests.conftest import REPO_ROOT, assert_user_error
@@ -68,7 +68,7 @@ def test_sft_trains_chat_format_and_saves(runs):
     config = yaml.safe_load((final / "config.yaml").read_text())
     assert (config["model_name"], config["prompt_format"]) == (MODEL, "chat")
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
-    lines = [m for m in read_metrics(runs["root"] / "sft/metrics.jsonl") if "loss" in m]
+    lines = [m for m in read_jsonl(runs["root"] / "sft/metrics.jsonl") if "loss" in m]
     assert [m["step"] for m in lines] == [1, 2, 3] and all(m["loss"] > 0 for m in lines)
     assert "final held-out greedy accuracy" in runs["sft"]
 
@@ -78,7 +78,7 @@ def test_grpo_runs_with_a_reference_model_from_the_sft_checkpoint(runs):
     config = yaml.safe_load((final / "config.yaml").read_text())
     assert config["kl_coeff"] > 0 and config["prompt_format"] == "chat"
     assert json.loads((final / "summary.json").read_text())["init_from"] == str(runs["root"] / "sft/final")
-    steps = [m for m in read_metrics(runs["root"] / "grpo/metrics.jsonl") if "kl" in m]
+    steps = [m for m in read_jsonl(runs["root"] / "grpo/metrics.jsonl") if "kl" in m]
     assert [m["step"] for m in steps] == [1, 2] and all(m["kl"] >= 0 for m in steps)
     samples = [json.loads(line) for line in (runs["root"] / "grpo/samples.jsonl").read_text().splitlines()]
     assert samples and all("<|assistant|>" not in s["completion"] for s in samples)
@@ -115,7 +115,7 @@ def test_bf16_grpo_at_learning_rate_0_logs_kl_and_grad_norm_exactly_0(tmp_path, 
     checked(run("train_grpo.py", "--model_name", MODEL, "--mixed_precision", "bf16", "--learning_rate",
                           "0", "--temperature", "0.7", "--num_train_steps", "2", "--max_completion_length", "8",
                           "--output_dir", tmp_path / "run"))
-    steps = [m for m in read_metrics(tmp_path / "run/metrics.jsonl") if "kl" in m]
+    steps = [m for m in read_jsonl(tmp_path / "run/metrics.jsonl") if "kl" in m]
     assert [m["step"] for m in steps] == [1, 2]
     for m in steps:
         assert m["kl"] == 0.0 and m["zero_std_group_fraction"] == 1.0 and m["grad_norm"] == 0.0, m

@@ -139,7 +139,7 @@ def test_results_json_matches_each_run(experiment):
         # Diversity: recomputed from the stored samples.
         samples = [p["samples"] for p in own]
         assert all(len(x) == 2 for x in samples)
-        expected = diversity_metrics(samples, [int(p["answer"]) for p in own])
+        expected = diversity_metrics(samples, own)
         assert {k: data["diversity"][name]["held_out"][k] for k in expected} == pytest.approx(expected)
     assert data["runs"]["base"]["steps"] is None and data["runs"]["base"]["ckpt"] == "builtin:tiny"
     assert data["runs"]["warm_start"]["steps"] == 2
@@ -281,13 +281,13 @@ def test_two_stage(after_accuracy, after_tokens, expected):
 def test_check_claims_needs_no_hard_coded_answer(experiment):
     """Flipping the head-to-head accuracies flips claim (f): the verdict follows the numbers."""
     from mathrl.report import load_run
-    from compare import eval_targets
+    from compare import eval_targets, load_evaluation
 
     out = experiment["out"]
     config = yaml.safe_load((experiment["root"] / "micro.yaml").read_text())
     config = {**config, **config.pop("compare")}
     config["warm_start_steps"], config["convergence_fraction"] = 2, 0.9
-    runs = {t.name: load_run(t, config) for t in eval_targets(config, out)}
+    runs = {t.name: load_run(t, load_evaluation(t.eval_path), config) for t in eval_targets(config, out)}
     for winner, loser, expected in (("h2h_sft", "h2h_grpo", SUPPORTED), ("h2h_grpo", "h2h_sft", CONTRADICTED)):
         runs[winner]["held_out"] = {**runs[winner]["held_out"], "accuracy": 1.0}
         runs[loser]["held_out"] = {**runs[loser]["held_out"], "accuracy": 0.0}

@@ -1,4 +1,4 @@
-"""mathrl/diversity.py against cases worked out by hand (answers are read by reward_model.extract_answer)."""
+"""mathrl/diversity.py against cases worked out by hand (answers are read and judged by mathrl/answers.py)."""
 
 import math
 
@@ -38,8 +38,12 @@ SAMPLES = [[" 12", " 12", "12", " 13"], [" 5", " 6", " 5", " 6"], ["x", "??", " 
 GOLD = [12, 7, 0]
 
 
+def examples(gold: list[int]) -> list[dict]:
+    return [{"prompt": f"problem {i}", "answer": str(g)} for i, g in enumerate(gold)]
+
+
 def test_diversity_metrics_hand_computed():
-    m = diversity_metrics(SAMPLES, GOLD)
+    m = diversity_metrics(SAMPLES, examples(GOLD))
     assert m["num_prompts"] == 3 and m["num_samples"] == 4
     assert m["pass_at_k"] == pytest.approx(2 / 3)          # A and C have a correct sample, B none
     assert m["majority_accuracy"] == pytest.approx(2 / 3)  # votes 12 (right), 5 (wrong), 0 (right)
@@ -52,13 +56,13 @@ def test_diversity_metrics_hand_computed():
 
 
 def test_identical_samples_are_not_diverse():
-    m = diversity_metrics([[" 4"] * 5, [" 9"] * 5], [4, 8])
+    m = diversity_metrics([[" 4"] * 5, [" 9"] * 5], examples([4, 8]))
     assert (m["pass_at_k"], m["majority_accuracy"], m["sampled_accuracy"]) == (0.5, 0.5, 0.5)
     assert m["distinct_answers"] == 1.0 and m["distinct_completions"] == 1.0
 
 
 def test_one_sample_per_prompt_is_sampled_accuracy():
-    m = diversity_metrics([[" 1"], [" 3"], ["no"]], [1, 2, 3])
+    m = diversity_metrics([[" 1"], [" 3"], ["no"]], examples([1, 2, 3]))
     assert m["pass_at_k"] == m["majority_accuracy"] == m["sampled_accuracy"] == pytest.approx(1 / 3)
 
 
@@ -69,4 +73,4 @@ def test_one_sample_per_prompt_is_sampled_accuracy():
 ])
 def test_malformed_input_is_rejected(samples, gold):
     with pytest.raises(ValueError):
-        diversity_metrics(samples, gold)
+        diversity_metrics(samples, examples(gold))

@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from conftest import TINY_CONFIG
 from mathrl.config import save_config
 from mathrl.data import load_jsonl, write_jsonl
-from mathrl.generation import greedy_accuracy
+from mathrl.evaluation import greedy_accuracy
 from mathrl.modeling import build_char_tokenizer, load_model_and_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,11 +1,11 @@
 """The shared-prefix fast paths give the numbers of the plain computation they replace (see BENCHMARKS.md).
 
-- train_sft.causal_lm_loss: the batch's common leading columns run once, trailing unlabelled columns not at all;
-  loss and every gradient equal `model(**batch).loss`'s.
-- mathrl.generation.generate_ids: each prompt is prefilled once for its n samples; the sampled ids equal those of
-  one generate() call over the n-times repeated prompts (same seed).
-- train_grpo.sequence_logprobs: a group's prompt runs once; log-probs and gradients equal those of each row run
-  alone (the one-pass path).
+- fast_paths.shared_prefix_sft_loss: the batch's common leading columns run once, trailing unlabelled columns not
+  at all; loss and every gradient equal objectives.sft_loss's (`model(**batch).loss`).
+- fast_paths.shared_prompt_cache (in mathrl.generation.generate_ids): each prompt is prefilled once for its n
+  samples; the sampled ids equal those of one generate() call over the n-times repeated prompts (same seed).
+- fast_paths.shared_prompt_completion_logits (in train_grpo.sequence_logprobs): a group's prompt runs once;
+  log-probs and gradients equal those of each row run alone (objectives.completion_logits, the one-pass path).
 On the micro built-in model with sharpened weights, so a wrong mask, offset or cache would move the numbers.
 """
 
@@ -19,8 +19,10 @@ from transformers import set_seed
 
 import train_grpo
 from mathrl.generation import generate_ids, generation_config, left_pad
+from mathrl.fast_paths import shared_prefix_sft_loss
+from mathrl.objectives import completion_logits, sft_loss
 from mathrl.prompts import encode_example, prompt_ids
-from train_sft import causal_lm_loss, collate
+from train_sft import collate
 
 EXAMPLES = [
     {"prompt": "What is 1 + 2? Answer with an integer.", "answer": "3"},
@@ -60,17 +62,17 @@ def assert_grads_close(expected, actual) -> None:
                          ids=["shared_prefix", "repeated", "one_row", "identical_rows", "no_common_prompt"])
 @pytest.mark.parametrize("loss_on, prompt_format", [("completion", "plain"), ("all", "plain"),
                                                     ("completion", "chat")])
-def test_causal_lm_loss_equals_full_pass(sharp, micro_config, rows, loss_on, prompt_format):
+def test_shared_prefix_sft_loss_equals_plain_loss(sharp, micro_config, rows, loss_on, prompt_format):
     model, tokenizer = sharp
     config = {**micro_config, "prompt_format": prompt_format, "loss_on": loss_on}
     batch = collate([encode_example(tokenizer, EXAMPLES[r], config) for r in rows], tokenizer.pad_token_id, loss_on)
-    expected = model(**batch).loss
-    actual = causal_lm_loss(model, batch)
+    expected = sft_loss(model, batch)
+    actual = shared_prefix_sft_loss(model, batch)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
     assert_grads_close(grads(model, expected), grads(model, actual))
 
 
-def test_causal_lm_loss_shares_a_prefix_here(micro_tokenizer, micro_config):
+def test_shared_prefix_sft_loss_shares_a_prefix_here(micro_tokenizer, micro_config):
     """Control: the plain-format batch above really has common leading columns (BOS + "What is "), so the
     shared path, not only the fallback, is what the equality test checks."""
     batch = collate([encode_example(micro_tokenizer, e, micro_config) for e in EXAMPLES[:3]],
@@ -114,13 +116,13 @@ def test_sequence_logprobs_shared_prompt_equals_rows_alone(sharp, micro_config):
     config = {**micro_config, "group_size": 3, "max_completion_length": 5, "prompt_format": "plain"}
     gen_config = generation_config(tokenizer, 5, True, 1.0, 1.0)
     set_seed(0)
-    rollout = train_grpo.rollout(model, tokenizer, EXAMPLES[:3], config, gen_config)
+    rollout = train_grpo.generate_rollout(model, tokenizer, EXAMPLES[:3], config, gen_config)
     logp = train_grpo.sequence_logprobs(model, rollout, 0.7)  # [N, L]
     shared_grads = grads(model, (logp * rollout.mask).sum())
     rows, row_grads = [], None
     for row in range(rollout.sequences.shape[0]):
         alone = train_grpo.Rollout(rollout.sequences[row:row + 1], rollout.attention_mask[row:row + 1],
-                                   rollout.prompt_width, rollout.mask[row:row + 1], rollout.texts[row:row + 1], 0.0)
+                                   rollout.prompt_width, rollout.mask[row:row + 1], rollout.texts[row:row + 1])
         row_logp = train_grpo.sequence_logprobs(model, alone, 0.7)  # [1, L]
         rows.append(row_logp.detach())
         g = grads(model, (row_logp * alone.mask).sum())
@@ -128,3 +130,18 @@ def test_sequence_logprobs_shared_prompt_equals_rows_alone(sharp, micro_config):
     keep = rollout.mask.bool()
     torch.testing.assert_close(logp.detach()[keep], torch.cat(rows)[keep], atol=1e-5, rtol=0)
     assert_grads_close(row_grads, shared_grads)
+
+
+def test_completion_logits_are_the_full_pass_logits(sharp, micro_config):
+    """The plain form itself: the logits of one full pass (generate()'s positions), at the positions that score the
+    completion tokens (P-1 .. P+L-2)."""
+    model, tokenizer = sharp
+    config = {**micro_config, "group_size": 2, "max_completion_length": 4, "prompt_format": "plain"}
+    set_seed(0)
+    rollout = train_grpo.generate_rollout(model, tokenizer, EXAMPLES[:2], config, generation_config(tokenizer, 4, True))
+    width = rollout.prompt_width
+    with torch.no_grad():
+        full = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
+                     position_ids=(rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)).logits  # [N, P+L, V]
+        logits = completion_logits(model, rollout.sequences, rollout.attention_mask, width)  # [N, L, V]
+    torch.testing.assert_close(logits, full[:, width - 1:-1], atol=1e-5, rtol=0)

@@ -1,6 +1,6 @@
 """GRPO trainer integration tests (train_grpo.py): log-prob alignment, masks, layout, loss equivalence, CLI runs.
 
-mathrl/rl_math.py's pure functions are tested on hand-computed numbers in test_rl_math.py; here the trainer's
+mathrl/objectives.py's pure functions are tested on hand-computed numbers in test_objectives.py; here the trainer's
 own glue is checked against independent computations on a micro built-in Llama (hidden 32, 2 layers), CPU only:
 - the log-probs the loss trains on equal a plain forward pass of each row alone (no padding), and the scores
   generate() sampled from;
@@ -37,8 +37,9 @@ from mathrl.config import resolve_config
 from mathrl.generation import generation_config
 from mathrl.modeling import builtin_model_dir, load_model_and_tokenizer, make_accelerator
 from mathrl.prompts import prompt_ids
-from mathrl.rl_math import group_advantages
-from reward_model import MathRewardModel, length_score
+from mathrl.objectives import group_advantages
+from mathrl.rewards import MathRewardModel, length_score
+from mathrl.timing import PhaseTimer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = str(REPO_ROOT / "configs" / "tiny.yaml")
@@ -218,7 +219,7 @@ def unpadded_prompts(tokenizer, config) -> list[list[int]]:
 
 
 def sample(model, tokenizer, config, temperature: float, seed: int = 0):
-    """train_grpo.rollout with its one generate() call also returning the raw logits and the processed scores.
+    """train_grpo.generate_rollout with its one generate() call also returning the raw logits and the processed scores.
 
     Returns (rollout, raw logits [N, L, V], scores [N, L, V])."""
     captured = {}
@@ -236,7 +237,7 @@ def sample(model, tokenizer, config, temperature: float, seed: int = 0):
     model.generate = generate_with_scores
     try:
         set_seed(seed)
-        rollout = train_grpo.rollout(model, tokenizer, BATCH, config, gen_config)
+        rollout = train_grpo.generate_rollout(model, tokenizer, BATCH, config, gen_config)
     finally:
         del model.generate
     return rollout, captured["logits"], captured["scores"]
@@ -264,7 +265,7 @@ def select_rows(rollout, rows: str) -> tuple[train_grpo.Rollout, list[int]]:
     """The rollout itself, or one row of each group; returns (rollout, original row index of each row)."""
     index = list(range(rollout.sequences.shape[0])) if rows == "groups" else list(range(0, len(BATCH) * G, G))
     picked = train_grpo.Rollout(rollout.sequences[index], rollout.attention_mask[index], rollout.prompt_width,
-                                rollout.mask[index], [rollout.texts[i] for i in index], rollout.seconds)
+                                rollout.mask[index], [rollout.texts[i] for i in index])
     return picked, index
 
 
@@ -433,7 +434,7 @@ def test_score_pairs_each_completion_with_its_own_prompt(group0, group1, correct
     mask = (torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)).float()  # [8, L]
     rollout = train_grpo.Rollout(sequences=torch.zeros(8, 1 + L, dtype=torch.long),
                                  attention_mask=torch.ones(8, 1 + L, dtype=torch.long), prompt_width=1,
-                                 mask=mask, texts=group0 + group1, seconds=0.0)
+                                 mask=mask, texts=group0 + group1)
     scored = train_grpo.score(rollout, SCORE_BATCH, MathRewardModel(), group_size=4)
     assert scored["total"].tolist() == [float(c) for c in correct]
     assert scored["correct"] == [bool(c) for c in correct]
@@ -444,6 +445,19 @@ def test_score_pairs_each_completion_with_its_own_prompt(group0, group1, correct
                               group_size=4)
     expected = [c + 0.5 * length_score(bool(c), n, L) for c, n in zip(correct, lengths.tolist())]
     torch.testing.assert_close(shaped["total"], torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("correct_reward, wrong_reward", [(0.5, 0.5), (0.0, 1.0)])
+def test_train_accuracy_counts_right_answers_whatever_the_reward_values(correct_reward, wrong_reward):
+    """A completion is right when its answer is (mathrl.answers.is_correct), not when its reward equals
+    correct_reward: with equal rewards every completion would otherwise count as right."""
+    group0, group1, correct, _ = SCORE_CASES[1]
+    rollout = train_grpo.Rollout(sequences=torch.zeros(8, 1 + L, dtype=torch.long),
+                                 attention_mask=torch.ones(8, 1 + L, dtype=torch.long), prompt_width=1,
+                                 mask=torch.ones(8, L), texts=group0 + group1)
+    scored = train_grpo.score(rollout, SCORE_BATCH, MathRewardModel(correct_reward, wrong_reward), group_size=4)
+    assert scored["correct"] == [bool(c) for c in correct]
+    assert scored["total"].tolist() == [correct_reward if c else wrong_reward for c in correct]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -468,17 +482,20 @@ def one_grpo_step(policy, loss_type: str, aggregation: str) -> tuple[dict, dict,
         for param in reference.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
-    reward_model = MathRewardModel(config["correct_reward"], config["wrong_reward"], config["format_reward_weight"],
-                                   config["length_reward_weight"], config["max_completion_length"])
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"], 1.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     accelerator = make_accelerator(config)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    run = train_grpo.GRPOSetup(accelerator, model, accelerator.unwrap_model(model), reference, tokenizer,
+                               MathRewardModel.from_config(config), iter([]), gen_config, optimizer, scheduler)
     set_seed(config["seed"])
+    timer = PhaseTimer()
     with accelerator.autocast():
-        record = train_grpo.grpo_step(model, accelerator.unwrap_model(model), reference, tokenizer, BATCH, config,
-                                      gen_config, reward_model, optimizer, scheduler, accelerator)
+        record = train_grpo.grpo_step(run, BATCH, config, timer).metrics
+    # The phases bench/bench_grpo.py reads: grpo_step names them itself, so a benchmark cannot silently lose one.
+    assert set(timer.seconds) == {"generation", "reward", "ref_forward", "policy_forward", "backward", "optimizer"}
+    assert record["generation_seconds"] == timer.seconds["generation"]
     updated = {name: p.detach().clone() for name, p in accelerator.unwrap_model(model).named_parameters()}
     return initial, updated, record
 

@@ -12,7 +12,8 @@ import torch
 from accelerate.state import AcceleratorState
 
 import train_grpo
-from mathrl.checkpoint import MetricsLog, read_metrics
+from mathrl.checkpoint import MetricsLog
+from mathrl.data import read_jsonl
 from mathrl.generation import generation_config
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 
@@ -40,7 +41,7 @@ def test_policy_and_reference_logprobs_agree_exactly_under_bf16(bf16_accelerator
     torch.manual_seed(0)
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, 0.7, 1.0)
     with bf16_accelerator.autocast():
-        rollout = train_grpo.rollout(bf16_accelerator.unwrap_model(policy), tokenizer, BATCH, config, gen_config)
+        rollout = train_grpo.generate_rollout(bf16_accelerator.unwrap_model(policy), tokenizer, BATCH, config, gen_config)
         logp = train_grpo.sequence_logprobs(policy, rollout, 0.7)  # [N, L]
         with torch.no_grad():
             ref_logp = train_grpo.sequence_logprobs(reference, rollout, 0.7)  # [N, L]
@@ -54,5 +55,5 @@ def test_metrics_log_keeps_full_precision(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.log(values)
     log.close()
-    assert read_metrics(tmp_path / "metrics.jsonl") == [values]
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [values]
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["kl"] != 0.0

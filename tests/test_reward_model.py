@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mathrl.answers import is_correct  # noqa: E402
 from reward_model import REWARD_TERMS, MathRewardModel, extract_answer, format_score, length_score  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,6 +124,20 @@ EXTRACT_CASES = [
 @pytest.mark.parametrize("text, expected", EXTRACT_CASES)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("answer, text, expected", [
+    ("42", " 42", True),
+    (42, "The answer is 42.", True),       # an int answer is read like its string
+    ("-3", "= -3", True),
+    ("42", " 41", False),
+    ("42", "no number", False),            # no answer is wrong, not an error
+    ("5", "5.5", False),                   # a non-integer is no answer
+    ("7", "3 + 4 = 7", True),              # the last number
+])
+def test_is_correct(answer, text, expected):
+    """mathrl.answers.is_correct: the one rule for a right answer (reward, accuracy, diversity, GRPO)."""
+    assert is_correct({"prompt": "p", "answer": answer}, text) is expected
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import TINY_CONFIG, assert_user_error, last_line, start_script
-from mathrl.checkpoint import read_metrics, save_checkpoint
+from mathrl.checkpoint import save_checkpoint
 from mathrl.config import load_saved_config
-from mathrl.data import load_jsonl, write_jsonl
+from mathrl.data import load_jsonl, read_jsonl, write_jsonl
 from mathrl.errors import UserError
 from mathrl.prompts import encode_example
 from train_sft import collate
@@ -112,7 +112,7 @@ def sft_runs(tmp_path_factory, micro_model_dir, micro_overrides):
 
 def test_smoke_metrics(sft_runs):
     run_a, _, _ = sft_runs
-    records = read_metrics(run_a / "metrics.jsonl")
+    records = read_jsonl(run_a / "metrics.jsonl")
     losses = [r for r in records if "loss" in r]
     assert [r["step"] for r in losses] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in losses)
@@ -124,7 +124,7 @@ def test_smoke_metrics(sft_runs):
     assert len(evals) == 1 and evals[0]["step"] == 3
     assert 0.0 <= evals[0]["eval_accuracy"] <= 1.0 and 0.0 <= evals[0]["ood_accuracy"] <= 1.0
     assert 1 <= evals[0]["eval_completion_tokens"] <= 8  # max_completion_length of configs/tiny.yaml
-    samples = read_metrics(run_a / "eval_samples.jsonl")
+    samples = read_jsonl(run_a / "eval_samples.jsonl")
     assert {s["eval_set"] for s in samples} == {"eval", "ood"}
     assert all(s["step"] == 3 for s in samples)
 
@@ -141,7 +141,7 @@ def test_smoke_final_checkpoint_layout(sft_runs):
     assert config["output_dir"] == str(run_a)
     summary = json.loads((final / "summary.json").read_text())
     assert summary["step"] == 3
-    evals = [r for r in read_metrics(run_a / "metrics.jsonl") if "eval_accuracy" in r]
+    evals = [r for r in read_jsonl(run_a / "metrics.jsonl") if "eval_accuracy" in r]
     assert summary["final_eval_accuracy"] == evals[-1]["eval_accuracy"]
     state = torch.load(final / "training_state.pt", weights_only=False)
     assert state["step"] == 3
@@ -166,7 +166,7 @@ def test_smoke_every_parameter_changed(sft_runs, micro_model_dir):
 def test_same_config_and_seed_give_same_run(sft_runs):
     run_a, run_b, _ = sft_runs
     strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]  # noqa: E731
-    metrics_a, metrics_b = read_metrics(run_a / "metrics.jsonl"), read_metrics(run_b / "metrics.jsonl")
+    metrics_a, metrics_b = read_jsonl(run_a / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")
     assert strip(metrics_a) == strip(metrics_b)
     assert [r["loss"] for r in metrics_a if "loss" in r] == [r["loss"] for r in metrics_b if "loss" in r]
     model_a = AutoModelForCausalLM.from_pretrained(run_a / "final")

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from mathrl.config import for_checkpoint, parse_args
+from mathrl.answers import extract_answer
 from mathrl.generation import complete
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
-from reward_model import extract_answer
 
 
 def read_prompts(args) -> list[str] | None:

@@ -1,6 +1,13 @@
-"""The math of SFT and GRPO as pure tensor functions: tensors in, tensors out, no model, no tokenizer.
+"""The objectives of SFT and GRPO, each in its plain form: the paper's formulas as small tensor functions.
 
-Departures from the design paper (sections 3.3.3-3.3.4, Appendix B), all deliberate:
+Read top to bottom: SFT labels and loss (paper 3.2), group advantages (3.3.3), log-probs of the sampled
+completion tokens, the completion mask, the KL penalty and the GRPO loss (3.3.4, Appendix B). Only `sft_loss` and
+`completion_logits` run the model, in one plain forward pass; the trainers call the shared-prefix fast paths
+(mathrl/fast_paths.py) that tests/test_fast_paths.py checks against these two.
+
+Departures from the design paper (sections 3.2, 3.3.3-3.3.4, Appendix B), all deliberate:
+- SFT: the loss covers the answer and a trailing EOS (`sft_labels`); the paper's whole-sequence loss is
+  `train_on_prompt=True` (config `loss_on: all`).
 - Advantages: the paper's "r - group mean" is kept as mode "paper"; "grpo" (DeepSeekMath, divided by the
   group std) and "dr_grpo" (Dr. GRPO, no std) are there to compare against it.
 - Log-probs: the paper's reference code scored token t with the logits at position t. A causal LM's logits
@@ -26,6 +33,48 @@ IGNORE_INDEX = -100  # label value that Hugging Face's cross-entropy skips
 def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def sft_labels(
+    prompt_lengths: list[int] | Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    train_on_prompt: bool = False,
+) -> Tensor:
+    """Labels for a Hugging Face causal-LM loss: input_ids with ignored positions set to -100.
+
+    Rows are right-padded: prompt tokens first, then answer (+ EOS), then padding. The first
+    prompt_lengths[b] tokens of row b are masked unless train_on_prompt (the paper's whole-sequence loss);
+    padding (attention_mask == 0) is always masked. Labels are NOT shifted: the model shifts them itself.
+    input_ids, attention_mask [B, T] -> [B, T] long.
+    """
+    if input_ids.shape != attention_mask.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                         f"{tuple(attention_mask.shape)} differ in shape")
+    batch, seq_len = input_ids.shape
+    prompt_lengths = torch.as_tensor(prompt_lengths, dtype=torch.long, device=input_ids.device)  # [B]
+    if prompt_lengths.shape != (batch,):
+        raise ValueError(f"need one prompt length per row ({batch}), got shape {tuple(prompt_lengths.shape)}")
+    if (prompt_lengths < 0).any() or (prompt_lengths > seq_len).any():
+        raise ValueError(f"prompt lengths must be in [0, {seq_len}], got {prompt_lengths.tolist()}")
+
+    ignore = attention_mask == 0  # [B, T]
+    if not train_on_prompt:
+        positions = torch.arange(seq_len, device=input_ids.device)  # [T]
+        ignore = ignore | (positions.unsqueeze(0) < prompt_lengths.unsqueeze(1))  # [B, T]
+    return input_ids.masked_fill(ignore, IGNORE_INDEX)  # [B, T]
+
+
+def sft_loss(model, batch: dict) -> Tensor:
+    """Mean next-token cross entropy over the labelled tokens: -1/K sum_t log p(label_t | tokens < t) (paper 3.2).
+
+    batch: input_ids, attention_mask, labels [B, T] (labels from `sft_labels`, unshifted). One full forward pass;
+    Hugging Face's causal-LM loss shifts the labels. Its fast form is fast_paths.shared_prefix_sft_loss.
+    """
+    return model(**batch).loss
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -71,8 +120,9 @@ def group_advantages(rewards: Tensor, group_size: int, mode: str, eps: float = 1
 # ----------------------------------------------------------------------------- log-probs
 
 
-def _gather_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """log softmax(logits)[target] per position; logits [B, L, V], targets [B, L] -> [B, L] float32."""
+def gather_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[target] per position, logits already aligned with the tokens they score;
+    logits [B, L, V], targets [B, L] -> [B, L] float32."""
     # dtype=float32 upcasts inside the kernel: bf16 log-softmax loses ~2 digits, enough to bias ratios.
     logp_all = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [B, L, V]
     return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L]
@@ -88,25 +138,28 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     if input_ids.shape[1] < 2:
         raise ValueError("need at least 2 tokens to score a next token")
     # logits at position t predict token t+1: drop the last logits and the first token.
-    return _gather_logprobs(logits[:, :-1, :], input_ids[:, 1:])  # [B, T-1]
+    return gather_logprobs(logits[:, :-1, :], input_ids[:, 1:])  # [B, T-1]
 
 
-def completion_logprobs(logits: Tensor, input_ids: Tensor, prompt_length: int) -> Tensor:
-    """Log-probs of the completion tokens input_ids[:, prompt_length:] -> [B, L], L = T - prompt_length.
+def left_padded_positions(attention_mask: Tensor) -> Tensor:
+    """Position ids of left-padded rows as generate() builds them: 0 at each row's first real token.
 
-    Equals token_logprobs(logits, input_ids)[:, prompt_length-1:], but slices the logits first so the
-    float32 log-softmax costs O(B*L*V) memory rather than O(B*T*V). prompt_length is the (padded) prompt
-    width shared by every row, as produced by batched left-padded generation.
+    attention_mask [B, T] -> [B, T] long (padding gets 0)."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, T]
+
+
+def completion_logits(model, sequences: Tensor, attention_mask: Tensor, prompt_width: int) -> Tensor:
+    """Logits that score each completion token: out[:, t] predicts sequences[:, prompt_width + t].
+
+    sequences, attention_mask [N, P+L] (left-padded prompt of width P, then the completion) -> [N, L, V]. One pass
+    over the whole rows, with generate()'s positions, projecting only positions P-1 .. P+L-1 to the vocabulary
+    (the last one scores nothing and is dropped). Its fast form is fast_paths.shared_prompt_completion_logits.
     """
-    if logits.dim() != 3 or logits.shape[:2] != input_ids.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not match input_ids {tuple(input_ids.shape)}")
-    seq_len = input_ids.shape[1]
-    if not 1 <= prompt_length < seq_len:
-        raise ValueError(f"prompt_length must be in [1, {seq_len - 1}], got {prompt_length}")
-    # Completion token t (absolute position prompt_length + t) is predicted by logits at position
-    # prompt_length + t - 1, hence the window [prompt_length-1, T-1).
-    window = logits[:, prompt_length - 1 : seq_len - 1, :]  # [B, L, V]
-    return _gather_logprobs(window, input_ids[:, prompt_length:])  # [B, L]
+    num_completion = sequences.shape[1] - prompt_width
+    logits = model(input_ids=sequences, attention_mask=attention_mask,
+                   position_ids=left_padded_positions(attention_mask), logits_to_keep=num_completion + 1,
+                   use_cache=False).logits  # [N, L+1, V]
+    return logits[:, :-1]  # [N, L, V]
 
 
 # ----------------------------------------------------------------------------- masks
@@ -122,41 +175,6 @@ def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:
     # A token is kept when no EOS comes strictly before it (cumsum counts EOS up to and including t).
     eos_before = is_eos.cumsum(dim=1) - is_eos  # [B, L]
     return (eos_before == 0).float()  # [B, L]
-
-
-def completion_lengths(mask: Tensor) -> Tensor:
-    """Number of kept tokens per row (EOS included): mask [B, L] -> [B] long."""
-    return mask.sum(dim=1).long()  # [B]
-
-
-def sft_labels(
-    prompt_lengths: list[int] | Tensor,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    train_on_prompt: bool = False,
-) -> Tensor:
-    """Labels for a Hugging Face causal-LM loss: input_ids with ignored positions set to -100.
-
-    Rows are right-padded: prompt tokens first, then answer (+ EOS), then padding. The first
-    prompt_lengths[b] tokens of row b are masked unless train_on_prompt (the paper's whole-sequence loss);
-    padding (attention_mask == 0) is always masked. Labels are NOT shifted: the model shifts them itself.
-    input_ids, attention_mask [B, T] -> [B, T] long.
-    """
-    if input_ids.shape != attention_mask.shape:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask "
-                         f"{tuple(attention_mask.shape)} differ in shape")
-    batch, seq_len = input_ids.shape
-    prompt_lengths = torch.as_tensor(prompt_lengths, dtype=torch.long, device=input_ids.device)  # [B]
-    if prompt_lengths.shape != (batch,):
-        raise ValueError(f"need one prompt length per row ({batch}), got shape {tuple(prompt_lengths.shape)}")
-    if (prompt_lengths < 0).any() or (prompt_lengths > seq_len).any():
-        raise ValueError(f"prompt lengths must be in [0, {seq_len}], got {prompt_lengths.tolist()}")
-
-    ignore = attention_mask == 0  # [B, T]
-    if not train_on_prompt:
-        positions = torch.arange(seq_len, device=input_ids.device)  # [T]
-        ignore = ignore | (positions.unsqueeze(0) < prompt_lengths.unsqueeze(1))  # [B, T]
-    return input_ids.masked_fill(ignore, IGNORE_INDEX)  # [B, T]
 
 
 # ----------------------------------------------------------------------------- KL and aggregation

@@ -1,21 +1,19 @@
-"""Hand-computed checks for mathrl.rl_math: every expected number is worked out in a comment."""
+"""Hand-computed checks for mathrl.objectives: every expected number is worked out in a comment."""
 
 import math
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
-from mathrl.rl_math import (
+from mathrl.objectives import (
     ADVANTAGE_MODES,
     AGGREGATIONS,
     IGNORE_INDEX,
     KL_ESTIMATORS,
     LOSS_TYPES,
     aggregate,
-    completion_lengths,
-    completion_logprobs,
     completion_mask,
+    gather_logprobs,
     group_advantages,
     grpo_loss,
     kl_per_token,
@@ -141,40 +139,21 @@ def test_token_logprobs_float32_from_bf16():
     assert_close(out, token_logprobs(logits.float(), ids), atol=1e-6)
 
 
-def test_completion_logprobs_is_slice_of_token_logprobs():
+def test_gather_logprobs_of_aligned_logits_is_slice_of_token_logprobs():
     torch.manual_seed(0)
     logits = torch.randn(3, 6, 5)  # [B, T, V]
     ids = torch.randint(0, 5, (3, 6))  # [B, T]
     full = token_logprobs(logits, ids)  # [B, T-1]
     for prompt_length in range(1, 6):
-        out = completion_logprobs(logits, ids, prompt_length)  # [B, T - prompt_length]
+        # completion tokens ids[:, p:], scored by the logits one position earlier
+        out = gather_logprobs(logits[:, prompt_length - 1:-1], ids[:, prompt_length:])  # [B, T - prompt_length]
         assert out.shape == (3, 6 - prompt_length)
         assert_close(out, full[:, prompt_length - 1 :])
-    for bad in (0, 6):
-        with pytest.raises(ValueError):
-            completion_logprobs(logits, ids, bad)
 
 
-def test_completion_logprobs_hand_and_slices_before_log_softmax():
+def test_gather_logprobs_hand():
     # prompt = ids[:, :2], completion = [ids[2]] = [1], scored by logits[1]: log 1/4
-    assert_close(completion_logprobs(HAND_LOGITS, HAND_IDS, 2), [[math.log(0.25)]])
-
-    # The log-softmax must only ever see the completion window [B, L, V], not [B, T, V].
-    class RecordLogSoftmax(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.shapes = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            if func in (torch.log_softmax, torch.nn.functional.log_softmax, torch.Tensor.log_softmax):
-                self.shapes.append(tuple(args[0].shape))
-            return func(*args, **(kwargs or {}))
-
-    logits = torch.randn(2, 10, 7)  # [B, T, V]
-    ids = torch.randint(0, 7, (2, 10))  # [B, T]
-    with RecordLogSoftmax() as mode:
-        completion_logprobs(logits, ids, prompt_length=7)
-    assert mode.shapes == [(2, 3, 7)]
+    assert_close(gather_logprobs(HAND_LOGITS[:, 1:2], HAND_IDS[:, 2:3]), [[math.log(0.25)]])
 
 
 # ----------------------------------------------------------------------------- completion mask
@@ -207,7 +186,7 @@ def test_completion_mask_token_by_token():
     mask = completion_mask(ids, EOS)
     assert mask.dtype == torch.float32
     assert torch.equal(mask, expected)
-    assert completion_lengths(mask).tolist() == [3, 1, 5, 5, 2, 2]
+    assert mask.sum(dim=1).tolist() == [3, 1, 5, 5, 2, 2]  # kept tokens, EOS included
 
 
 # ----------------------------------------------------------------------------- KL

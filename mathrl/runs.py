@@ -1,0 +1,38 @@
+"""The runs of compare.py's experiment, in table order: the one list that planning, evaluation, the report, the
+claims and the plots loop over.
+
+Each entry says what the run is (its description in the report), which script trains it (None: nothing is
+trained) and which entry's checkpoint it starts from (None: the base model). "warm_start" is not trained: it is
+the SFT run's step_<warm_start_steps>/ checkpoint, the head-to-head's shared starting point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SFT_SCRIPT, GRPO_SCRIPT = "train_sft.py", "train_grpo.py"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    description: str
+    script: str | None          # None: nothing to train (the base model, the warm start)
+    starts_from: str | None     # the entry whose checkpoint it starts from; None: the base model
+
+
+RUNS = (
+    RunSpec("base", "the base model, untrained", None, None),
+    RunSpec("sft", "SFT from the base model", SFT_SCRIPT, None),
+    RunSpec("warm_start", "SFT checkpoint at warm_start_steps (head-to-head start)", None, "sft"),
+    RunSpec("grpo", "GRPO from the base model", GRPO_SCRIPT, None),
+    RunSpec("sft_grpo", "GRPO from sft/final (two-stage recipe)", GRPO_SCRIPT, "sft"),
+    RunSpec("h2h_sft", "warm start + SFT for head_to_head_seconds", SFT_SCRIPT, "warm_start"),
+    RunSpec("h2h_grpo", "warm start + GRPO for head_to_head_seconds", GRPO_SCRIPT, "warm_start"),
+)
+BY_NAME = {spec.name: spec for spec in RUNS}
+
+
+def trained_by(script: str) -> list[str]:
+    """Names of the runs a script trains, in table order."""
+    return [spec.name for spec in RUNS if spec.script == script]
