@@ -4,12 +4,16 @@
     python train_grpo.py --config configs/tiny.yaml                                          # GRPO from scratch
     python train_grpo.py                                              # the paper's TinyLlama run (GPU)
     python train_grpo.py --advantage_mode grpo --loss_type clipped --kl_estimator k3 --num_iterations 2
+    python train_grpo.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
 
 Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
 score them with the rule-based reward (reward_model.py); turn rewards into group-relative advantages; take
 `num_iterations` gradient steps on the GRPO loss (mathrl/rl_math.py). Writes OUTPUT_DIR/metrics.jsonl,
 OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like train_sft.py, and stops early
 when `max_train_seconds` of training time (evaluation and saving excluded) have passed, as train_sft.py does.
+SIGINT / SIGTERM, `--resume_from auto|DIR` and the non-finite guard work as in train_sft.py (mathrl/resume.py):
+a resumed run replays the prompt stream and restores the sampling RNG, so it samples what the uninterrupted
+run would have.
 
 How this departs from the paper's reference code:
 - Log-probs are computed from the generated ids, never by re-tokenizing decoded text, with logits at
@@ -42,8 +46,11 @@ from mathrl.errors import UserError, run_cli
 from mathrl.generation import evaluate_sets, generate_ids, generation_config, load_eval_sets
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.prompts import prompt_ids
+from mathrl.resume import (StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run,
+                           sampling_guard, skip)
 from mathrl.rl_math import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_logprobs,
                             completion_mask, group_advantages, grpo_loss)
+from mathrl.validation import check_train_examples
 from reward_model import MathRewardModel
 
 NUM_SAMPLES_LOGGED = 4
@@ -156,12 +163,13 @@ def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, gr
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    args, config = parse_args("grpo", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args, config = parse_args("grpo", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     validate(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)
     set_seed(config["seed"])
-    output_dir = prepare_output_dir(config["output_dir"])
+    resume_from = resume_checkpoint(args.resume_from, config)
+    output_dir = prepare_output_dir(config["output_dir"], resuming=resume_from is not None)
 
     # ---- policy, reference, reward, data ------------------------------------------------------------
     accelerator = make_accelerator(config)
@@ -175,6 +183,7 @@ def main() -> None:
     train_examples = load_jsonl(config["train_file"])
     if len(train_examples) < config["batch_size"]:
         raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
+    check_train_examples(tokenizer, train_examples, config)
     eval_sets = load_eval_sets(config)
     batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
@@ -190,14 +199,18 @@ def main() -> None:
     # ---- train ----------------------------------------------------------------------------------------
     metrics = MetricsLog(output_dir / METRICS_NAME)
     samples_log = MetricsLog(output_dir / "samples.jsonl")
-    clock, accuracy = RunClock(), None
-    progress = tqdm(range(1, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
+    clock, accuracy, first_step, stop = RunClock(), None, 1, StopSignals()
+    if resume_from:
+        first_step += resume_run(resume_from, unwrapped, optimizer, scheduler, clock, lambda n: skip(batches, n),
+                                 (METRICS_NAME, "samples.jsonl"))
+    progress = tqdm(range(first_step, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
     for step in progress:
         step_start = time.perf_counter()
         batch = next(batches)
-        with accelerator.autocast():
+        with accelerator.autocast(), sampling_guard(step, output_dir):
             record = grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model,
                                optimizer, scheduler, accelerator)
+        check_finite(step, output_dir, loss=record["loss"], grad_norm=record["grad_norm"])
         clock.tokens += record.pop("_tokens")
         for sample in record.pop("_samples"):
             samples_log.log({"step": step, **sample})
@@ -218,7 +231,11 @@ def main() -> None:
             accuracy = record["eval_accuracy"]
             progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
         if not last:  # the last step is saved as final/
-            save_periodic(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step)
+            stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
+            save_periodic(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step,
+                          batches_drawn=step, always=stopping)
+            if stopping:
+                stop.exit(output_dir / f"step_{step}")
         if last:
             break
     progress.close()
@@ -227,7 +244,7 @@ def main() -> None:
     metrics.close()
     samples_log.close()
     save_final(output_dir, unwrapped, tokenizer, config, optimizer, scheduler, clock, step=step,
-               accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
+               batches_drawn=step, accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
 
 
 def grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model, optimizer,

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from mathrl.errors import UserError
+from mathrl.validation import check_checkpoint_dir
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "builtin"
@@ -62,8 +63,9 @@ def build_tiny_model(config: dict, vocab_size: int, special_ids: dict):
         tie_word_embeddings=True,
         **special_ids,
     )
-    torch.manual_seed(config["seed"])
-    return LlamaForCausalLM(model_config)
+    with torch.random.fork_rng(devices=[]):  # seeded here without moving the caller's RNG (sampling in GRPO)
+        torch.manual_seed(config["seed"])
+        return LlamaForCausalLM(model_config)
 
 
 def builtin_model_dir(config: dict) -> Path:
@@ -123,6 +125,8 @@ def load_model_and_tokenizer(name_or_path: str, config: dict):
     path = resolve_model_path(name_or_path, config)
     if not Path(path).exists() and _looks_local(path):
         raise UserError(f"{path}: checkpoint directory not found")
+    if Path(path).exists():
+        check_checkpoint_dir(path)
     try:
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
