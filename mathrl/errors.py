@@ -19,6 +19,7 @@ def run_cli(main: Callable[[], None]) -> None:
     try:
         main()
     except UserError as err:
+        close_progress_bars()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
@@ -27,3 +28,12 @@ def run_cli(main: Callable[[], None]) -> None:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def close_progress_bars() -> None:
+    """Close any open tqdm bar now: left to the garbage collector, its last refresh would print after our final
+    message (an error, or the command that resumes a stopped run)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

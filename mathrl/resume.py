@@ -26,7 +26,7 @@ import torch
 
 from mathrl.checkpoint import TRAINING_STATE_NAME, set_rng_state
 from mathrl.config import load_saved_config
-from mathrl.errors import UserError
+from mathrl.errors import UserError, close_progress_bars
 
 RESUME_AUTO = "auto"
 # Keys a resumed run may change: how long it runs, nothing about how it trains.
@@ -194,6 +194,7 @@ class StopSignals:
               file=sys.stderr, flush=True)
 
     def exit(self, ckpt: Path) -> None:
+        close_progress_bars()
         name = signal.Signals(self.signum).name
         print(f"stopped by {name} after {ckpt.name}; saved {ckpt}\nresume with: {resume_command(ckpt)}",
               file=sys.stderr, flush=True)
@@ -220,7 +221,7 @@ def check_finite(step: int, output_dir: Path, **values: float) -> None:
     """Stop the run when a loss or gradient norm is NaN or infinite: nothing from this step is ever saved."""
     if all(math.isfinite(v) for v in values.values()):
         return
-    raise_non_finite(step, output_dir, ", ".join(f"{k} {v}" for k, v in values.items()))
+    raise_non_finite(step, output_dir, ", ".join(f"{k} {v:.6g}" for k, v in values.items()))
 
 
 def raise_non_finite(step: int, output_dir: Path, details: str) -> None:
