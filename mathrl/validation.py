@@ -70,10 +70,10 @@ def check_train_examples(tokenizer, examples: list[dict], config: dict) -> None:
     maps to its unknown token, which the model can neither read nor write."""
     unk, where = tokenizer.unk_token_id, config["train_file"]
     fmt, unknown = config["prompt_format"], []
-    for n, example in enumerate(examples, start=1):
+    for n, example in enumerate(examples):
         answer = completion_ids(tokenizer, str(example["answer"]), fmt, sys.maxsize)  # answer + EOS, uncut
         if len(answer) > config["max_completion_length"]:
-            raise UserError(f'{where}: example {n} has the answer "{example["answer"]}", {len(answer)} tokens with '
+            raise UserError(f'{where} line {example_lines(where)[n]}: the answer "{example["answer"]}" is {len(answer)} tokens with '
                             f'EOS; max_completion_length is {config["max_completion_length"]}, so it would be '
                             f"cut and trained as a wrong label. Raise max_completion_length")
         prompt = prompt_ids(tokenizer, example["prompt"], fmt, config["max_prompt_length"])
@@ -82,6 +82,12 @@ def check_train_examples(tokenizer, examples: list[dict], config: dict) -> None:
     if unknown:
         print(f"warning: {where}: {len(unknown)} examples hold characters the tokenizer maps to "
               f"{tokenizer.unk_token}, first: {json.dumps(unknown[0]['prompt'])}", file=sys.stderr)
+
+
+def example_lines(path: str | Path) -> list[int]:
+    """The line number of each example of a JSONL file (mathrl.data.load_jsonl skips blank lines)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 # ---- output files ----------------------------------------------------------------------------------------------
