@@ -210,7 +210,7 @@ def main() -> None:
         with accelerator.autocast(), sampling_guard(step, output_dir):
             record = grpo_step(model, unwrapped, reference, tokenizer, batch, config, gen_config, reward_model,
                                optimizer, scheduler, accelerator)
-        check_finite(step, output_dir, loss=record["loss"], grad_norm=record["grad_norm"])
+        check_finite(step, output_dir, accelerator, loss=record["loss"], grad_norm=record["grad_norm"])
         clock.tokens += record.pop("_tokens")
         for sample in record.pop("_samples"):
             samples_log.log({"step": step, **sample})

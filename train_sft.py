@@ -181,7 +181,7 @@ def main() -> None:
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            check_finite(step, output_dir, loss=loss.item(), grad_norm=float(grad_norm))
+            check_finite(step, output_dir, accelerator, loss=loss.item(), grad_norm=float(grad_norm))
             progress.update(1)
             epoch = step / steps_per_epoch
             # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.

@@ -108,7 +108,7 @@ def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log
     are restored last, so nothing done here (loading, replaying the stream) moves them."""
     from transformers import AutoModelForCausalLM
 
-    state = torch.load(ckpt / TRAINING_STATE_NAME, weights_only=True)
+    state = torch.load(ckpt / TRAINING_STATE_NAME, map_location="cpu", weights_only=True)
     saved = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     model.load_state_dict(saved.state_dict())
     del saved
@@ -217,8 +217,12 @@ def resume_command(ckpt: Path, argv: list[str] | None = None) -> str:
 
 # ---- the non-finite guard -------------------------------------------------------------------------------------
 
-def check_finite(step: int, output_dir: Path, **values: float) -> None:
-    """Stop the run when a loss or gradient norm is NaN or infinite: nothing from this step is ever saved."""
+def check_finite(step: int, output_dir: Path, accelerator, *, loss: float, grad_norm: float) -> None:
+    """Stop the run when the loss or gradient norm is NaN or infinite: nothing from this step is ever saved.
+
+    Under fp16 loss scaling an infinite gradient norm is routine: the scaler skips that update and lowers the
+    scale, so a skipped update's gradient norm is not a divergence."""
+    values = {"loss": loss} if accelerator.optimizer_step_was_skipped else {"loss": loss, "grad_norm": grad_norm}
     if all(math.isfinite(v) for v in values.values()):
         return
     raise_non_finite(step, output_dir, ", ".join(f"{k} {v:.6g}" for k, v in values.items()))

@@ -73,9 +73,10 @@ def check_train_examples(tokenizer, examples: list[dict], config: dict) -> None:
     for n, example in enumerate(examples):
         answer = completion_ids(tokenizer, str(example["answer"]), fmt, sys.maxsize)  # answer + EOS, uncut
         if len(answer) > config["max_completion_length"]:
-            raise UserError(f'{where} line {example_lines(where)[n]}: the answer "{example["answer"]}" is {len(answer)} tokens with '
-                            f'EOS; max_completion_length is {config["max_completion_length"]}, so it would be '
-                            f"cut and trained as a wrong label. Raise max_completion_length")
+            raise UserError(f'{where} line {example_lines(where)[n]}: the answer "{example["answer"]}" is '
+                            f'{len(answer)} tokens with EOS; max_completion_length is '
+                            f'{config["max_completion_length"]}, so it would be cut and trained as a wrong label. '
+                            "Raise max_completion_length")
         prompt = prompt_ids(tokenizer, example["prompt"], fmt, config["max_prompt_length"])
         if unk is not None and unk in prompt + answer:
             unknown.append(example)
