@@ -202,7 +202,7 @@ def main() -> None:
     clock, accuracy, first_step, stop = RunClock(), None, 1, StopSignals()
     if resume_from:
         first_step += resume_run(resume_from, unwrapped, optimizer, scheduler, clock, lambda n: skip(batches, n),
-                                 (METRICS_NAME, "samples.jsonl"))
+                                 (METRICS_NAME, "samples.jsonl"), total_steps=config["num_train_steps"])
     progress = tqdm(range(first_step, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
     for step in progress:
         step_start = time.perf_counter()

@@ -168,7 +168,7 @@ def main() -> None:
     batches, stop = Batches(train_loader), StopSignals()
     if resume_from:
         step = resume_run(resume_from, unwrapped, optimizer, scheduler, clock, batches.fast_forward,
-                          (METRICS_NAME, "eval_samples.jsonl"))
+                          (METRICS_NAME, "eval_samples.jsonl"), total_steps=total_steps)
     progress = tqdm(total=total_steps, initial=step, desc="sft", dynamic_ncols=True)
     model.train()
     while step < total_steps and not stopped_by_time:

@@ -56,6 +56,7 @@ def prepare_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
     return output_dir
 
 
+# The temporary directory a checkpoint is written to before its rename (group 1: the writing process's id).
 TMP_CHECKPOINT = re.compile(r"\.(?:step_\d+|final)\.tmp-(\d+)")
 
 

@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -101,7 +102,8 @@ def changed_keys(saved: dict, config: dict) -> list[str]:
 
 # ---- restoring ------------------------------------------------------------------------------------------------
 
-def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log_names: tuple[str, ...]) -> int:
+def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log_names: tuple[str, ...], *,
+               total_steps: int) -> int:
     """Put a run back in the state saved in `ckpt` and return its step.
 
     `skip_batches(n)` fast-forwards the run's data stream past the n batches already trained on. The RNG states
@@ -109,6 +111,9 @@ def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log
     from transformers import AutoModelForCausalLM
 
     state = torch.load(ckpt / TRAINING_STATE_NAME, map_location="cpu", weights_only=True)
+    if state["step"] >= total_steps:
+        raise UserError(f"--resume_from {ckpt}: the run is at step {state['step']} and this command ends it at step "
+                        f"{total_steps}; a resumed run must go on (raise {' or '.join(RUN_LENGTH_KEYS[:3])})")
     saved = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     model.load_state_dict(saved.state_dict())
     del saved
@@ -128,7 +133,16 @@ def cut_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    kept = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break  # the line a killed process was writing
+            raise UserError(f"{path} line {n}: invalid JSON; cannot cut the log back to step {step}") from None
+        if record.get("step", 0) <= step:
+            kept.append(line)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -179,8 +193,9 @@ class StopSignals:
 
     def __init__(self):
         self.signum = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
+        if threading.current_thread() is threading.main_thread():  # the only thread Python delivers signals to
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, self._handle)
 
     @property
     def requested(self) -> bool:

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 import sys
 from pathlib import Path
 
+from mathrl.checkpoint import TMP_CHECKPOINT
 from mathrl.errors import UserError
 from mathrl.prompts import completion_ids, prompt_ids
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-HALF_WRITTEN = re.compile(r"\.(?:step_\d+|final)\.tmp-\d+")
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -26,7 +25,7 @@ HALF_WRITTEN = re.compile(r"\.(?:step_\d+|final)\.tmp-\d+")
 def check_checkpoint_dir(path: str | Path) -> None:
     """A local directory that from_pretrained can load: config.json, intact weights and tokenizer files."""
     path = Path(path)
-    if HALF_WRITTEN.fullmatch(path.name):
+    if TMP_CHECKPOINT.fullmatch(path.name):
         raise UserError(f"{path}: a half-written checkpoint (its save was interrupted); use a complete step_N/ or "
                         "final/ beside it")
     if not path.is_dir():

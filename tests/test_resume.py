@@ -173,6 +173,9 @@ def test_resume_refuses_a_changed_config_but_not_a_longer_run(data, tmp_path, mo
                                         out / "step_1", "--max_steps", "3", "--eval_every", "3")
     assert_user_error(code, stderr, "eval_every")
     code, _, stderr = in_process_runner("train_sft.py", *sft_args(data), "--output_dir", out, "--resume_from", "auto",
+                                        "--max_steps", "1")
+    assert_user_error(code, stderr, "the run is at step 1 and this command ends it at step 1")
+    code, _, stderr = in_process_runner("train_sft.py", *sft_args(data), "--output_dir", out, "--resume_from", "auto",
                                         "--max_steps", "3")
     assert code == 0, stderr[-2000:]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
@@ -312,6 +315,8 @@ def test_debris_of_a_killed_save_never_blocks_a_start_or_resume(data, tmp_path, 
         code, _, _ = in_process_runner("train_sft.py", *sft_args(data, "--max_steps", "2"), "--output_dir", out)
     assert code == 143
     debris(out, f".step_2.tmp-{dead_pid}")
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "loss": 4.')  # a line cut short by the kill
     code, _, stderr = in_process_runner("train_sft.py", *sft_args(data, "--max_steps", "2"), "--output_dir", out,
                                         "--resume_from", "auto")
     assert code == 0, stderr[-2000:]
