@@ -9,6 +9,11 @@ trained on are drawn again and skipped), every RNG state and the run clock; metr
 are cut back to step N. On CPU (same thread count) the resumed run writes the same metrics (timing fields
 aside) and bit-identical weights as the run that was never stopped. The config must be the saved one; only the
 run length (RUN_LENGTH_KEYS) may change.
+
+Why not accelerate's save_state / load_state: step_N/ stays one Hugging Face checkpoint (what evaluate.py and
+--init_from read) with one training_state.pt beside it (tensors and plain types, loaded weights_only), and the
+position in a plain shuffled DataLoader is not part of accelerate's state (only of its seedable or stateful
+loaders), while replaying the seeded stream is exact by construction.
 """
 
 from __future__ import annotations
