@@ -137,13 +137,18 @@ def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
         fsync_dir(target.parent)
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
-            raise UserError(f"no space left on device while writing {target}; free space and resume the run "
-                            "(its last complete step_N/ is intact)") from None
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write {target} ({err.strerror or err})") from None
-        raise
+        raise write_error(err, target) from None
     return target
+
+
+def write_error(err: Exception, path: Path) -> Exception:
+    """A failed write as a one-line UserError naming the path (a full disk said plainly); other errors as they are."""
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+        return UserError(f"no space left on device while writing {path}; free space and resume the run "
+                         "(--resume_from auto: its last complete step_N/ is intact)")
+    if isinstance(err, OSError):
+        return UserError(f"cannot write {path} ({err.strerror or err})")
+    return err
 
 
 def fsync_tree(directory: Path) -> None:
@@ -201,10 +206,13 @@ class MetricsLog:
 
     def log(self, record: dict) -> None:
         clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
-        if self._file is None:
-            self._file = self.path.open("a")
-        self._file.write(json.dumps({k: json_number(v) for k, v in clean.items()}, allow_nan=False) + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self._file = self.path.open("a")
+            self._file.write(json.dumps({k: json_number(v) for k, v in clean.items()}, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise write_error(err, self.path) from None
 
     def close(self) -> None:
         if self._file is not None:

@@ -292,6 +292,9 @@ def test_full_disk_is_a_one_line_error_naming_the_path(tmp_path, monkeypatch, mi
     with pytest.raises(UserError, match=f"no space left on device while writing {tmp_path / 'step_2'}"):
         save_checkpoint(tmp_path, "step_2", model, tokenizer, micro_config)
     assert list(tmp_path.iterdir()) == []  # the half-written temporary directory is gone
+    if Path("/dev/full").exists():  # a device that is always full: the metrics log says so too
+        with pytest.raises(UserError, match="no space left on device while writing /dev/full"):
+            MetricsLog("/dev/full").log({"step": 1, "loss": 1.0})
 
 
 def test_debris_of_a_killed_save_never_blocks_a_start_or_resume(data, tmp_path, monkeypatch, in_process_runner):
