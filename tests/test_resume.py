@@ -331,3 +331,16 @@ def test_live_process_saves_are_left_alone(tmp_path):
     live.mkdir()
     checkpoint.prepare_output_dir(tmp_path)
     assert live.is_dir()
+
+
+def test_building_the_tiny_model_leaves_the_callers_rng_alone(tmp_path, monkeypatch, micro_config):
+    """The first run of a shape builds the built-in model; before the fix, seeding its init moved the global RNG,
+    so that first GRPO run sampled differently from every later one with the same config and seed."""
+    from mathrl import modeling
+
+    monkeypatch.setattr(modeling, "BUILTIN_DIR", tmp_path)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    built = modeling.builtin_model_dir(micro_config)
+    assert (built / "model.safetensors").is_file()
+    assert torch.equal(torch.get_rng_state(), before)
