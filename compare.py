@@ -20,8 +20,10 @@ Then evaluate.py decodes every checkpoint greedily (the headline) and samples di
 prompt, and OUTPUT_DIR/REPORT.md, results.json, samples.md and *.png are written (mathrl/report.py). Each run's
 console output is in OUTPUT_DIR/NAME/train.log.
 
-Reuse: a run whose final/ exists is kept. A run directory without final/ (interrupted) is moved aside to
-NAME.old-<timestamp> and redone, so running the same command again finishes an interrupted compare.
+Reuse: a run whose final/ exists is kept. A run interrupted after saving a step_N/ (train_sft.py and
+train_grpo.py save one on SIGINT / SIGTERM) is resumed from it (--resume_from auto); a run directory with
+neither (interrupted before any save) is moved aside to NAME.old-<timestamp> and redone. So running the same
+command again finishes an interrupted compare.
 `--force [NAME ...]` moves those runs (every run, without names) aside the same way and redoes them; a run built
 on a redone run is redone too. Nothing is deleted. A kept run whose saved config differs from what this command
 would run is an error, so a report never mixes settings. Evaluations are kept beside each checkpoint
@@ -53,6 +55,7 @@ from pathlib import Path
 from mathrl.config import DEFAULT_CONFIG_PATH, for_checkpoint, load_saved_config, parse_args, read_yaml, resolve_config
 from mathrl.data import load_jsonl, read_jsonl
 from mathrl.errors import UserError, run_cli
+from mathrl.resume import complete_steps
 from mathrl.report import write_report
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, RUNS, SFT_SCRIPT, RunSpec
 
@@ -170,12 +173,13 @@ def script_command(script: str, config_file: str | None, overrides: list[str]) -
     return [sys.executable, str(REPO_ROOT / script), *(["--config", config_file] if config_file else []), *overrides]
 
 
-def train(run: Run, out: Path, common: list[str], config_file: str | None) -> None:
+def train(run: Run, out: Path, common: list[str], config_file: str | None, resume: bool = False) -> None:
     run_dir = out / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = script_command(run.script, config_file, run_args(run, out, common))
+    command = script_command(run.script, config_file,
+                             [*run_args(run, out, common), *(["--resume_from", "auto"] if resume else [])])
     log = run_dir / "train.log"
-    print(f"training {run.name}: {run.script} (log: {log})", flush=True)
+    print(f"{'resuming' if resume else 'training'} {run.name}: {run.script} (log: {log})", flush=True)
     with log.open("a") as f:
         f.write(f"$ {shlex.join(command)}\n")
         f.flush()
@@ -211,7 +215,7 @@ def evaluate(targets: list[Target], out: Path, common: list[str], config: dict,
                 "--top_p", str(settings["top_p"])] if settings["samples"] else []
     command = script_command("evaluate.py", config_file, [
         *common, *[a for t in stale for a in ("--ckpt", t.ckpt)], *[a for f in eval_files for a in ("--eval_file", f)],
-        *sampling, "--output", cli_value(pending)])
+        *sampling, "--output", cli_value(pending), "--overwrite"])  # pending: this command's own scratch file
     log = out / "evaluate.log"
     print(f"evaluating {', '.join(t.name for t in stale)} (log: {log})", flush=True)
     with log.open("a") as f:
@@ -274,11 +278,14 @@ def main() -> None:
                         f"{sft_steps} steps (its step_N/ is the head-to-head's warm start)")
 
     # ---- plan: keep finished runs, move unfinished or forced ones aside ---------------------------------
-    redo, stale = set(), {}
+    redo, resume, stale = set(), set(), {}
     for run in runs:
         finished = run.script is None or (out / run.name / "final").is_dir()
-        if run.name in forced or not finished or run.upstream in redo:
+        resumable = not finished and bool(complete_steps(out / run.name))
+        if run.name in forced or (not finished and not resumable) or run.upstream in redo:
             redo.add(run.name)
+        elif resumable:  # interrupted after a save: continue it (the trainer refuses a changed config)
+            resume.add(run.name)
         elif run.script and (changed := changed_settings(run, out, common, args.config)):
             stale[run.name] = changed
     if stale:
@@ -288,13 +295,14 @@ def main() -> None:
                         "--output_dir")
     for name in (n for n in names if n in redo and (out / n).exists()):
         move_aside(out / name)
-    kept = [n for n in names if n not in redo and (out / n).exists()]
-    print(f"output: {out}\nkept: {', '.join(kept) or '-'}\nto run: {', '.join(n for n in names if n in redo) or '-'}")
+    kept = [n for n in names if n not in redo | resume and (out / n).exists()]
+    print(f"output: {out}\nkept: {', '.join(kept) or '-'}\nto run: {', '.join(n for n in names if n in redo) or '-'}"
+          + (f"\nto resume: {', '.join(n for n in names if n in resume)}" if resume else ""))
 
     # ---- train --------------------------------------------------------------------------------------
     for run in runs:
-        if run.name in redo and run.script:
-            train(run, out, common, args.config)
+        if run.name in redo | resume and run.script:
+            train(run, out, common, args.config, resume=run.name in resume)
 
     # ---- evaluate -----------------------------------------------------------------------------------
     targets = eval_targets(config, out)

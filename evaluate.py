@@ -5,6 +5,9 @@
     python evaluate.py --config configs/tiny.yaml --ckpt builtin:tiny --eval_file data/tiny_eval.jsonl
     python evaluate.py --config configs/tiny.yaml --ckpt checkpoints/tiny/sft/final --samples 8 --temperature 0.7
 
+An existing results file is never replaced without --overwrite (and never when it is an input); results are
+written through a temporary file and a rename.
+
 Without --eval_file the config's eval_file (and ood_eval_file, if set) are used; each file is reported on its
 own. Prints a markdown table, writes JSON ({"results": [...]}) and every prediction (OUTPUT with
 .predictions.jsonl) for reading.
@@ -36,6 +39,7 @@ from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import greedy_accuracy
 from mathrl.generation import complete
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
+from mathrl.validation import check_output_file, write_atomically
 
 
 def sampled_diversity(model, tokenizer, examples: list[dict], config: dict, k: int, temperature: float,
@@ -89,15 +93,20 @@ def default_output(ckpts: list[str]) -> Path:
 
 def write_outputs(results: list[dict], output: Path) -> Path:
     """JSON summary without predictions, and every prediction in OUTPUT.predictions.jsonl."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {output}: cannot create {output.parent} ({err.strerror})") from None
     summary = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
-    output.write_text(json.dumps({"results": summary}, indent=2) + "\n")
-    predictions_path = output.with_suffix(".predictions.jsonl")
-    with predictions_path.open("w") as f:
-        for r in results:
-            for p in r["predictions"]:
-                f.write(json.dumps({"ckpt": r["ckpt"], "eval_file": r["eval_file"], **p}) + "\n")
+    write_atomically(output, json.dumps({"results": summary}, indent=2) + "\n")
+    predictions_path = predictions_file(output)
+    write_atomically(predictions_path, "".join(json.dumps({"ckpt": r["ckpt"], "eval_file": r["eval_file"], **p}) + "\n"
+                                               for r in results for p in r["predictions"]))
     return predictions_path
+
+
+def predictions_file(output: Path) -> Path:
+    return output.with_suffix(".predictions.jsonl")
 
 
 def main() -> None:
@@ -110,12 +119,16 @@ def main() -> None:
                         help="also sample K completions per prompt and report their diversity")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --samples)")
     parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling (with --samples)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     args, config = parse_args("evaluate", parser)
     if args.samples < 0 or args.temperature <= 0 or not 0 < args.top_p <= 1:
         raise UserError("--samples must be >= 0, --temperature > 0 and --top_p in (0, 1]")
     sampling = {"k": args.samples, "temperature": args.temperature, "top_p": args.top_p} if args.samples else None
     eval_files = args.eval_file or [f for f in (config["eval_file"], config["ood_eval_file"]) if f]
     eval_sets = {f: load_jsonl(f) for f in eval_files}  # read once, and fail on a bad file before any model loads
+    output = Path(config["output"]) if config["output"] else default_output(args.ckpt)
+    for path in (output, predictions_file(output)):
+        check_output_file(path, [*eval_files, config["train_file"]], args.overwrite)
 
     # ---- evaluate ---------------------------------------------------------------------------------------
     accelerator = make_accelerator(config)
@@ -124,7 +137,6 @@ def main() -> None:
         results += evaluate_checkpoint(ckpt, eval_sets, config, accelerator, sampling)
 
     # ---- report ---------------------------------------------------------------------------------------
-    output = Path(config["output"]) if config["output"] else default_output(args.ckpt)
     predictions_path = write_outputs(results, output)
     print(markdown_table(results))
     if sampling:

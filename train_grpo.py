@@ -4,6 +4,7 @@
     python train_grpo.py --config configs/tiny.yaml                                          # GRPO from scratch
     python train_grpo.py                                              # the paper's TinyLlama run (GPU)
     python train_grpo.py --advantage_mode grpo --loss_type clipped --kl_estimator k3 --num_iterations 2
+    python train_grpo.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
 
 Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
 score them with the rule-based reward (mathrl/rewards.py, the paper's reward_model.py); turn rewards into
@@ -12,6 +13,9 @@ log-probs and the sampling share each prompt's keys/values across its group (mat
 OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like
 train_sft.py, and stops early when `max_train_seconds` of training time (evaluation and saving excluded) have
 passed, as train_sft.py does.
+SIGINT / SIGTERM, `--resume_from auto|DIR` and the non-finite guard work as in train_sft.py (mathrl/resume.py):
+a resumed run replays the prompt stream and restores the sampling RNG, so it samples what the uninterrupted
+run would have.
 
 How this departs from the paper's reference code:
 - Log-probs are computed from the generated ids, never by re-tokenizing decoded text, with logits at
@@ -51,8 +55,11 @@ from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_opt
 from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
                                gather_logprobs, group_advantages, grpo_loss)
 from mathrl.prompts import prompt_ids
+from mathrl.resume import (StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run,
+                           sampling_guard, skip)
 from mathrl.rewards import MathRewardModel
 from mathrl.timing import PhaseTimer
+from mathrl.validation import check_train_examples
 
 NUM_SAMPLES_LOGGED = 4
 
@@ -168,6 +175,7 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     train_examples = load_jsonl(config["train_file"])
     if len(train_examples) < config["batch_size"]:
         raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
+    check_train_examples(tokenizer, train_examples, config)
     batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
                                    config["top_p"], config["generation_cache"])
@@ -181,12 +189,13 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    _, config = parse_args("grpo", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args, config = parse_args("grpo", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     validate(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)
     set_seed(config["seed"])
-    output_dir = prepare_output_dir(config["output_dir"])
+    resume_from = resume_checkpoint(args.resume_from, config)
+    output_dir = prepare_output_dir(config["output_dir"], resuming=resume_from is not None)
 
     # ---- policy, reference, reward, data, optimizer and schedule -----------------------------------------
     run = setup(config, init_from)
@@ -195,13 +204,19 @@ def main() -> None:
     # ---- train ----------------------------------------------------------------------------------------
     metrics = MetricsLog(output_dir / METRICS_NAME)
     samples_log = MetricsLog(output_dir / "samples.jsonl")
-    clock, accuracy = RunClock(), None
-    progress = tqdm(range(1, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
+    clock, accuracy, first_step, stop = RunClock(), None, 1, StopSignals()
+    if resume_from:
+        first_step += resume_run(resume_from, run.unwrapped, run.optimizer, run.scheduler, clock,
+                                 lambda n: skip(run.batches, n), (METRICS_NAME, "samples.jsonl"),
+                                 total_steps=config["num_train_steps"])
+    progress = tqdm(range(first_step, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
     for step in progress:
         step_start = time.perf_counter()
         batch = next(run.batches)
-        with run.accelerator.autocast():
+        with run.accelerator.autocast(), sampling_guard(step, output_dir):
             result = grpo_step(run, batch, config)
+        check_finite(step, output_dir, run.accelerator, loss=result.metrics["loss"],
+                     grad_norm=result.metrics["grad_norm"])
         clock.tokens += result.tokens
         for sample in result.samples:
             samples_log.log({"step": step, **sample})
@@ -222,8 +237,11 @@ def main() -> None:
             accuracy = record["eval_accuracy"]
             progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
         if not last:  # the last step is saved as final/
+            stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
             save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
-                          step)
+                          step, batches_drawn=step, always=stopping)
+            if stopping:
+                stop.exit(output_dir / f"step_{step}")
         if last:
             break
     progress.close()
@@ -232,7 +250,7 @@ def main() -> None:
     metrics.close()
     samples_log.close()
     save_final(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock, step=step,
-               accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
+               batches_drawn=step, accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
 
 
 def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer | None = None) -> StepResult:

@@ -4,6 +4,7 @@
     python train_sft.py                                      # the paper's TinyLlama-1.1B-Chat run (GPU)
     python train_sft.py --learning_rate 1e-4 --num_epochs 1 --output_dir runs/try1
     python train_sft.py --config configs/tiny.yaml --init_from checkpoints/tiny/sft/step_250 --max_train_seconds 60
+    python train_sft.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
 
 Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/eval_samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/
 (Hugging Face model + tokenizer, resolved config, training state, run summary). `init_from` starts from a
@@ -11,6 +12,10 @@ checkpoint instead of model_name; `max_train_seconds` ends the run after the opt
 time (wall time minus evaluation and checkpoint saving; `elapsed_s` in metrics.jsonl) reaches it, and
 summary.json says `stopped_by_time`. The loss is mathrl/objectives.py's `sft_loss`; the training step computes it
 with the shared-prefix fast path beside it (mathrl/fast_paths.py), which gives the same loss and gradients.
+SIGINT / SIGTERM stop the run after the current
+optimizer step with a saved step_N/ and the command that resumes it (`--resume_from auto|DIR`, exact on CPU:
+mathrl/resume.py); a NaN or infinite loss or gradient norm stops it with an error, and no non-finite checkpoint is
+written.
 
 How this departs from the paper:
 - The loss covers the answer tokens and a trailing EOS only (prompt and padding masked), so the model learns
@@ -46,6 +51,8 @@ from mathrl.fast_paths import shared_prefix_sft_loss
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import sft_labels
 from mathrl.prompts import encode_example
+from mathrl.resume import Batches, StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run
+from mathrl.validation import check_train_examples
 
 NUM_EVAL_SAMPLES_LOGGED = 8
 
@@ -91,7 +98,9 @@ def setup(config: dict, init_from: str) -> SFTSetup:
     """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate."""
     accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
     model, tokenizer = load_model_and_tokenizer(init_from, config)
-    train_loader = build_train_loader(load_jsonl(config["train_file"]), tokenizer, config)
+    train_examples = load_jsonl(config["train_file"])
+    check_train_examples(tokenizer, train_examples, config)
+    train_loader = build_train_loader(train_examples, tokenizer, config)
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
     total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
     optimizer = make_optimizer(model, config)
@@ -128,7 +137,7 @@ def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, 
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    _, config = parse_args("sft", argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args, config = parse_args("sft", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     require_positive(config, "batch_size", "max_prompt_length", "max_completion_length",
                      "gradient_accumulation_steps", "log_every")
     if config["max_steps"] <= 0:
@@ -136,7 +145,8 @@ def main() -> None:
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)  # prompt as init_from was trained
     set_seed(config["seed"])
-    output_dir = prepare_output_dir(config["output_dir"])
+    resume_from = resume_checkpoint(args.resume_from, config)
+    output_dir = prepare_output_dir(config["output_dir"], resuming=resume_from is not None)
 
     # ---- model, data, optimizer and schedule ----------------------------------------------------------
     run = setup(config, init_from)
@@ -148,10 +158,14 @@ def main() -> None:
     clock, step, window_tokens, window_start = RunClock(), 0, 0, time.perf_counter()
     stopped_by_time = False
     eval_every = config["eval_every"] or run.steps_per_epoch
-    progress = tqdm(total=run.total_steps, desc="sft", dynamic_ncols=True)
+    batches, stop = Batches(run.train_loader), StopSignals()
+    if resume_from:
+        step = resume_run(resume_from, run.unwrapped, run.optimizer, run.scheduler, clock, batches.fast_forward,
+                          (METRICS_NAME, "eval_samples.jsonl"), total_steps=run.total_steps)
+    progress = tqdm(total=run.total_steps, initial=step, desc="sft", dynamic_ncols=True)
     run.model.train()
     while step < run.total_steps and not stopped_by_time:
-        for batch in run.train_loader:
+        for batch in batches:
             lr = run.scheduler.get_last_lr()[0]  # the rate this step's update uses (logged after the scheduler moves)
             loss, grad_norm = train_step(run, batch, config["max_grad_norm"])
             batch_tokens = int(batch["attention_mask"].sum())
@@ -160,6 +174,7 @@ def main() -> None:
             if not run.accelerator.sync_gradients:
                 continue
             step += 1
+            check_finite(step, output_dir, run.accelerator, loss=loss.item(), grad_norm=float(grad_norm))
             progress.update(1)
             epoch = step / run.steps_per_epoch
             # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.
@@ -180,8 +195,11 @@ def main() -> None:
                 progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
                 window_start = time.perf_counter()  # evaluation time is not training throughput
             if not last:  # the last step is saved as final/
+                stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
                 save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
-                              step)
+                              step, batches_drawn=batches.drawn, always=stopping)
+                if stopping:
+                    stop.exit(output_dir / f"step_{step}")
             if last:
                 break
     progress.close()
@@ -190,7 +208,7 @@ def main() -> None:
     metrics.close()
     samples_log.close()
     save_final(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock, step=step,
-               accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
+               batches_drawn=batches.drawn, accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
 
 
 if __name__ == "__main__":

@@ -2,21 +2,26 @@
 
 A checkpoint directory (`OUTPUT_DIR/step_N/` or `OUTPUT_DIR/final/`) holds the model and tokenizer in
 Hugging Face format, the resolved config, the training state (optimizer, scheduler, step, RNG) and a run
-summary. It is written to a temporary directory and renamed into place, so a crash never leaves half a
-checkpoint, and a run refuses to start in a directory that already holds checkpoints, so no run ever
-overwrites an earlier one.
+summary. It is written to a temporary directory `.NAME.tmp-PID`, flushed to disk (fsync) and renamed into
+place, so a crash or a kill never leaves half a checkpoint under a checkpoint's name; the debris of such a
+crash is removed when a run starts or resumes in that directory. A run refuses to start in a directory that
+already holds checkpoints, so no run ever overwrites an earlier one (mathrl/resume.py continues one instead).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mathrl.config import save_config
@@ -27,67 +32,161 @@ SUMMARY_NAME = "summary.json"
 METRICS_NAME = "metrics.jsonl"
 
 
-def prepare_output_dir(output_dir: str | Path) -> Path:
-    """Create the run directory; refuse one that already holds an earlier run's checkpoints or metrics."""
+def prepare_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
+    """Create the run directory; refuse one that already holds an earlier run's checkpoints or metrics (unless
+    this run resumes it). Debris of an interrupted save (`.step_N.tmp-PID`) is removed."""
     output_dir = Path(output_dir)
-    if output_dir.exists():
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir}: is a file, expected a directory")
+    if output_dir.exists() and not resuming:
         earlier = sorted(p.name for p in output_dir.iterdir() if p.name == "final" or p.name.startswith("step_"))
         if earlier or (output_dir / METRICS_NAME).exists():
             what = ", ".join(earlier[:3]) or METRICS_NAME
             raise UserError(
                 f"{output_dir} already holds an earlier run ({what}); nothing was overwritten. "
-                f"Pass another --output_dir, or move that directory away first"
+                f"Pass another --output_dir, resume it with --resume_from auto, or move that directory away first"
             )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output_dir {output_dir}: cannot create the directory ({err.strerror})") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise UserError(f"--output_dir {output_dir}: the directory is not writable")
+    remove_save_debris(output_dir)
     return output_dir
 
 
+# The temporary directory a checkpoint is written to before its rename (group 1: the writing process's id).
+TMP_CHECKPOINT = re.compile(r"\.(?:step_\d+|final)\.tmp-(\d+)")
+
+
+def remove_save_debris(output_dir: Path) -> list[Path]:
+    """Delete the temporary directories of saves that a crash or kill cut short (never a live process's)."""
+    removed = []
+    for path in output_dir.iterdir():
+        match = TMP_CHECKPOINT.fullmatch(path.name)
+        if match and not process_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not saving yet: a leftover with its id is from an earlier process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """Every random generator a run draws from, as types `torch.load(..., weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def training_state(optimizer, scheduler, step: int) -> dict:
-    """What resuming would need besides the weights (RNG state is added by save_checkpoint)."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+def set_rng_state(state: dict) -> None:
+    """Put every generator back where rng_state() found it."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(optimizer, scheduler, clock, step: int, batches_drawn: int) -> dict:
+    """What resuming needs besides the weights (RNG state is added by save_checkpoint): `batches_drawn` is the
+    run's position in its seeded data stream (batches taken from it so far)."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            "batches_drawn": batches_drawn, "clock": clock.state_dict()}
 
 
 def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
                     training_state: dict | None = None, summary: dict | None = None) -> Path:
-    """Write `output_dir/name/` atomically: HF model + tokenizer, config.yaml, training_state.pt, summary.json."""
+    """Write `output_dir/name/` atomically: HF model + tokenizer, config.yaml, training_state.pt, summary.json.
+
+    Refuses weights that are not finite (a diverged run keeps its last good checkpoint). Every file is flushed
+    to disk before the rename, so after a power cut `name/` is either complete or absent."""
     target = Path(output_dir) / name
     if target.exists():
         raise UserError(f"{target} already exists; refusing to overwrite a checkpoint")
+    bad = [n for n, p in model.state_dict().items() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"non-finite weights ({len(bad)} tensors, first {bad[0]}); {target} was not written")
     tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    save_config(config, tmp)
-    if training_state is not None:
-        torch.save({**training_state, "rng": rng_state()}, tmp / TRAINING_STATE_NAME)
-    if summary is not None:
-        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, target)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_config(config, tmp)
+        if training_state is not None:
+            torch.save({**training_state, "rng": rng_state()}, tmp / TRAINING_STATE_NAME)
+        if summary is not None:
+            (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        fsync_tree(tmp)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(err, target) from None
     return target
 
 
-def save_periodic(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, step: int) -> None:
-    """OUTPUT_DIR/step_N/ every save_every steps (0: never), outside the training clock."""
-    if config["save_every"] and step % config["save_every"] == 0:
+def write_error(err: Exception, path: Path) -> Exception:
+    """A failed write as a one-line UserError naming the path (a full disk said plainly); other errors as they are."""
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+        return UserError(f"no space left on device while writing {path}; free space and resume the run "
+                         "(--resume_from auto: its last complete step_N/ is intact)")
+    if isinstance(err, OSError):
+        return UserError(f"cannot write {path} ({err.strerror or err})")
+    return err
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under `directory`, and the directories themselves, to disk."""
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    for path in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        fsync_dir(path)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_periodic(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, step: int, *,
+                  batches_drawn: int, always: bool = False) -> None:
+    """OUTPUT_DIR/step_N/ every save_every steps (0: never), or now if `always`, outside the training clock."""
+    due = config["save_every"] and step % config["save_every"] == 0
+    if due or (always and not (Path(output_dir) / f"step_{step}").exists()):
         with clock.paused():
             save_checkpoint(output_dir, f"step_{step}", model, tokenizer, config,
-                            training_state(optimizer, scheduler, step), clock.summary(step=step))
+                            training_state(optimizer, scheduler, clock, step, batches_drawn),
+                            clock.summary(step=step))
 
 
 def save_final(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, *, step: int,
-               accuracy: float, init_from: str, stopped_by_time: bool) -> Path:
+               batches_drawn: int, accuracy: float, init_from: str, stopped_by_time: bool) -> Path:
     """Write OUTPUT_DIR/final/ with the run summary and say where it is; the last phase of both trainers."""
     summary = clock.summary(step=step, final_eval_accuracy=accuracy, init_from=init_from,
                             stopped_by_time=stopped_by_time)
     final = save_checkpoint(output_dir, "final", model, tokenizer, config,
-                            training_state(optimizer, scheduler, step), summary)
+                            training_state(optimizer, scheduler, clock, step, batches_drawn), summary)
     stop = " (time budget reached)" if stopped_by_time else ""
     print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps{stop}, "
           f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
@@ -95,19 +194,34 @@ def save_final(output_dir: Path, model, tokenizer, config: dict, optimizer, sche
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per line, flushed as written so a crashed run keeps its curve."""
+    """`metrics.jsonl`: one JSON object per line, flushed as written so a crashed run keeps its curve.
+
+    Always valid JSON: a NaN or infinite number is written as the string "nan", "inf" or "-inf" (which
+    Python's float() reads back). The file is created by the first record, so a run that fails before it logs
+    anything leaves nothing that would block the same command."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._file = self.path.open("a")
+        self._file = None
 
     def log(self, record: dict) -> None:
         # Full float precision: a KL of 1e-7 between identical models is a bug to see, not to round away.
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self._file = self.path.open("a")
+            self._file.write(json.dumps({k: json_number(v) for k, v in record.items()}, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise write_error(err, self.path) from None
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def json_number(value):
+    """A float as JSON can hold it: non-finite values become the strings "nan", "inf", "-inf"."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class RunClock:
@@ -136,6 +250,14 @@ class RunClock:
             yield
         finally:
             self.excluded += time.perf_counter() - start
+
+    def state_dict(self) -> dict:
+        return {"elapsed_s": self.elapsed(), "excluded_s": self.excluded, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a saved clock: the time the run was stopped does not count."""
+        self.start = time.perf_counter() - state["elapsed_s"]
+        self.excluded, self.tokens = state["excluded_s"], state["tokens"]
 
     def summary(self, **extra) -> dict:
         return {"wall_time_s": round(self.elapsed(), 3), "train_seconds": round(self.train_seconds(), 3),

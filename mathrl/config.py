@@ -107,6 +107,31 @@ def coerce(key: str, value: Any, default: Any, where: str) -> Any:
     raise fail(type(default).__name__)
 
 
+# Values no run can use, refused when read (not when first used, minutes into a run): key -> (test, expected).
+VALID_RANGES = {
+    "learning_rate": (lambda v: v >= 0, ">= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "eval_batch_size": (lambda v: v > 0, "> 0"),
+    "kl_coeff": (lambda v: v >= 0, ">= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "save_every": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "eval_every": (lambda v: v >= 0, ">= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "max_train_seconds": (lambda v: v >= 0, ">= 0 (0: no limit)"),
+}
+
+
+def check_range(key: str, value: Any, where: str) -> Any:
+    """`value`, or a UserError naming `where` when it lies outside the key's valid range."""
+    rule = VALID_RANGES.get(key)
+    if rule is not None and value is not None and not rule[0](value):
+        raise UserError(f'{where}: key "{key}" must be {rule[1]}, got {value!r}')
+    return value
+
+
 def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
     """Turn `--key value` / `--key=value` tokens into (key, raw text) pairs."""
     pairs, i = [], 0
@@ -161,7 +186,8 @@ def resolve_config(section: str, config_file: str | None = None, overrides: list
             for key, value in layer.items():
                 if key not in resolved:
                     raise _unknown_key_error(key, valid, where)
-                resolved[key] = coerce(key, value, _default_of(key, shared, sections[section]), where)
+                resolved[key] = check_range(key, coerce(key, value, _default_of(key, shared, sections[section]),
+                                                        where), where)
         # Keys of other sections are checked too, so a typo there is not silently ignored.
         for name, layer in user_sections.items():
             other_valid = {**shared, **sections[name]}
@@ -173,7 +199,7 @@ def resolve_config(section: str, config_file: str | None = None, overrides: list
         if key not in resolved:
             raise _unknown_key_error(key, valid, f"--{key}")
         default = _default_of(key, shared, sections[section])
-        resolved[key] = coerce(key, parse_cli_value(raw, default), default, f"--{key}")
+        resolved[key] = check_range(key, coerce(key, parse_cli_value(raw, default), default, f"--{key}"), f"--{key}")
     return resolved
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mathrl.config import for_checkpoint, parse_args
 from mathrl.answers import extract_answer
+from mathrl.config import for_checkpoint, parse_args
+from mathrl.errors import UserError
 from mathrl.generation import complete
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator
 
@@ -40,6 +41,9 @@ def run_inference(default_ckpt: str, description: str) -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top_p", type=float, default=0.9)
     args, config = parse_args("evaluate", parser)
+    if args.sample and (args.temperature <= 0 or not 0 < args.top_p <= 1):
+        raise UserError(f"--sample needs --temperature > 0 and --top_p in (0, 1], got {args.temperature:g} and "
+                        f"{args.top_p:g}")
     config = for_checkpoint(config, args.ckpt)
 
     # ---- model ----------------------------------------------------------------------------------------

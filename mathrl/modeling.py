@@ -18,6 +18,7 @@ from accelerate import Accelerator
 
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
+from mathrl.validation import check_checkpoint_dir
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "builtin"
@@ -97,7 +98,8 @@ def _write_builtin(target: Path, build) -> Path:
     """Write build()'s (model, tokenizer) to `target` once and return it."""
     if (target / "config.json").is_file():
         return target
-    model, tokenizer = build()
+    with torch.random.fork_rng(devices=[]):  # seeded inside build() without moving the caller's RNG (GRPO sampling)
+        model, tokenizer = build()
     # Written to a temporary directory and renamed, so concurrent or interrupted runs never see half a model.
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -138,6 +140,8 @@ def load_model_and_tokenizer(name_or_path: str, config: dict):
     path = resolve_model_path(name_or_path, config)
     if not Path(path).exists() and _looks_local(path):
         raise UserError(f"{path}: checkpoint directory not found")
+    if Path(path).exists():
+        check_checkpoint_dir(path)
     try:
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

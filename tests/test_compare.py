@@ -12,12 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
+from mathrl.data import read_jsonl
 from mathrl.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, accuracy_difference, check_claims,
                            convergence_speed, two_stage, verdict)
 from mathrl.data import load_jsonl, write_jsonl
 from mathrl.diversity import diversity_metrics
+from test_resume import signal_at_step
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS = ("base", "sft", "warm_start", "grpo", "sft_grpo", "h2h_sft", "h2h_grpo")
@@ -223,6 +227,28 @@ def test_force_and_interrupted_runs_are_moved_aside_and_redone(experiment):
     assert json.loads((old_grpo_dir / "final" / "summary.json").read_text()) == old_grpo
     assert {name: snapshot(out / name) for name in kept} == kept
     assert results(out)["runs"]["grpo"]["wall_time_s"] == summary(out, "grpo")["wall_time_s"]
+
+
+def test_run_stopped_after_a_save_is_resumed_not_redone(experiment, monkeypatch, in_process_runner):
+    """sft_grpo stopped by SIGTERM after step 1 (its step_1/ saved): compare.py continues it with --resume_from
+    auto, and the result is the run it would have finished, weight for weight."""
+    out, root = experiment["out"], experiment["root"]
+    done = (out / "sft_grpo").rename(root / "sft_grpo_done")
+    moved_before = set(out.glob("sft_grpo.old-*"))  # by the test above
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 1)
+        code, _, stderr = in_process_runner("train_grpo.py", "--config", root / "micro.yaml", "--output_dir",
+                                            out / "sft_grpo", "--init_from", out / "sft" / "final")
+    assert code == 143 and (out / "sft_grpo" / "step_1").is_dir(), stderr[-2000:]
+    returncode, stdout, stderr, _ = compare(experiment["runner"], root)
+    assert returncode == 0, stdout + stderr
+    assert "to run: -" in stdout and "to resume: sft_grpo" in stdout and "resuming sft_grpo" in stdout
+    assert set(out.glob("sft_grpo.old-*")) == moved_before  # resumed, not moved aside
+    steps = [r["step"] for r in read_jsonl(out / "sft_grpo" / "metrics.jsonl") if "loss" in r]
+    assert steps == [1, 2]
+    resumed = load_file(str(out / "sft_grpo" / "final" / "model.safetensors"))
+    finished = load_file(str(done / "final" / "model.safetensors"))
+    assert [k for k in finished if not torch.equal(resumed[k], finished[k])] == []
 
 
 # ---------------------------------------------------------------------------------------------------------
