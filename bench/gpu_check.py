@@ -364,6 +364,7 @@ def main() -> None:
         start = time.perf_counter()
         report[name] = part()
         report["part_seconds"][name] = time.perf_counter() - start  # setup (model loading) included
+        gc.collect()  # this part's run (model, optimizer state) is garbage now: free it before the next loads
         write_json(out_path, report)  # after every part, so a killed run keeps what it measured
     report["total_s"] = args.budget_s - budget.left()
     print(f"results: {write_json(out_path, report)}")
