@@ -293,8 +293,10 @@ def measure_generation(scale, compile_static: bool) -> dict:
 def run_compare(work_dir: Path, device) -> dict:
     """compare.py on builtin:tinyllama-mini, bf16 on the device, small step counts; its exit status and time."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    # max_completion_length 5: the longest answer of data/math_tasks_train.jsonl plus EOS in the stand-in's
+    # tokens; a shorter limit would cut answers into wrong labels, which train_sft.py refuses
     config = {
-        "model_name": "builtin:tinyllama-mini", "mixed_precision": "bf16", "max_completion_length": 4,
+        "model_name": "builtin:tinyllama-mini", "mixed_precision": "bf16", "max_completion_length": 5,
         "batch_size": 4, "eval_batch_size": 16, "eval_file": str(work_dir / "eval.jsonl"),
         "sft": {"learning_rate": 1e-3, "max_steps": 2, "log_every": 1, "eval_every": 2},
         "grpo": {"batch_size": 2, "group_size": 2, "num_train_steps": 1, "eval_every": 1, "save_every": 0},
