@@ -6,17 +6,22 @@
 Writes bench/out/gpu_<scale>_<device>.json (every timing, the medians, versions, the card) and prints a line per
 measurement. Each part is the repo's own code path, timed with CUDA synchronisation around it:
   sft         train_sft.train_step on chat-format batches of data/math_tasks_train.jsonl (fp32 weights, bf16
-              autocast, AdamW): non-pad tokens/s, MFU = 6 x parameters x tokens / s / the card's dense bf16 peak,
-              peak memory; at the paper's batch 2, then doubling the batch until it no longer fits
-  grpo        the phases of train_grpo.grpo_step called one by one (generation, reference forward, policy
-              forward, backward, optimizer), and train_grpo.grpo_step itself for s/step; at the paper's shape
-              (2 prompts x 4 completions x 64 new tokens) and at 16 x 8 x 64
-  evaluation  mathrl.generation.greedy_accuracy over data/tiny_eval.jsonl's 356 prompts, batched
+              autocast, AdamW), the run built by train_sft.setup (one model load; each batch size gets a loader
+              from train_sft.build_train_loader over the examples repeated to fill every batch): non-pad tokens/s,
+              MFU = 6 x parameters x tokens / s / the card's dense bf16 peak, peak memory; at the paper's batch 2,
+              then doubling the batch until it no longer fits
+  grpo        train_grpo.grpo_step as train_grpo.main() runs it (next prompt batch + the step, under autocast), the
+              run built by train_grpo.setup for each shape: s/step, and its split as grpo_step's own PhaseTimer
+              records it, waiting for the GPU at each boundary (generation, reward, ref_forward, policy_forward,
+              backward, optimizer); at the paper's shape (2 prompts x 4 completions x 64 new tokens) and at
+              16 x 8 x 64
+  evaluation  mathrl.evaluation.greedy_accuracy over data/tiny_eval.jsonl's 356 prompts, batched
               (eval_batch_size) against one generate call per example (on the first prompts only: at one call per
               example all 356 would take minutes)
   generation  greedy generate of a batch of prompts with transformers' default dynamic cache against a static
               cache, which transformers compiles (torch.compile, mode reduce-overhead) on a GPU; every row makes
-              exactly max_new_tokens tokens. On CPU (and with --no_compile) the static cache runs uncompiled
+              exactly max_new_tokens tokens. On CPU (and with --no_compile) the static cache runs uncompiled.
+              evaluation and generation share one model, loaded as evaluate.py loads a checkpoint
   compare     compare.py end to end, small step counts, bf16 on the device, on builtin:tinyllama-mini: with
               tinyllama-random each of its checkpoints (weights + AdamW state) would be 13 GB
 A part that would start after --budget_s (default 420 s from the start, so that the part then running, often
@@ -28,12 +33,13 @@ from __future__ import annotations
 
 import sys
 
-from common import OUT_DIR, REPO_ROOT, PhaseTimer, environment, pin_threads, set_torch_threads, summarize, write_json
+from common import OUT_DIR, REPO_ROOT, environment, pin_threads, set_torch_threads, summarize, sync, write_json
 
 THREADS = pin_threads(sys.argv[1:])
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
+import functools  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -41,8 +47,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-from transformers import get_constant_schedule, set_seed  # noqa: E402
+from transformers import set_seed  # noqa: E402
 
 set_torch_threads(THREADS)
 
@@ -51,9 +56,11 @@ import train_sft  # noqa: E402
 from mathrl.config import resolve_config  # noqa: E402
 from mathrl.data import load_jsonl  # noqa: E402
 from mathrl.errors import UserError, run_cli  # noqa: E402
-from mathrl.generation import generate_ids, generation_config, greedy_accuracy  # noqa: E402
-from mathrl.modeling import load_model_and_tokenizer, make_optimizer  # noqa: E402
+from mathrl.evaluation import greedy_accuracy  # noqa: E402
+from mathrl.generation import generate_ids, generation_config  # noqa: E402
+from mathrl.modeling import load_model_and_tokenizer, make_accelerator  # noqa: E402
 from mathrl.prompts import prompt_ids  # noqa: E402
+from mathrl.timing import PhaseTimer  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s; the first match wins.
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
@@ -67,6 +74,7 @@ SCALES = {
              "eval_new_tokens": 8, "generation_batch": 8, "generation_new_tokens": 8, "steps": 2, "warmup": 1},
 }
 EVAL_FILE = "data/tiny_eval.jsonl"
+GRPO_PHASES = ("generation", "reward", "ref_forward", "policy_forward", "backward", "optimizer")  # grpo_step's timer
 
 
 class Budget:
@@ -88,7 +96,13 @@ def peak_tflops(device, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
+def check_config(kind: str, model_name: str, *overrides: str) -> dict:
+    """config.yaml resolved for `kind` as the scripts resolve it, on the stand-in, bf16 autocast."""
+    return resolve_config(kind, None, ["--model_name", model_name, "--mixed_precision", "bf16", *overrides])
+
+
 def reset_peak(device) -> None:
+    gc.collect()  # the previous part's run (model, optimizer state) is garbage by now: free its memory first
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -113,23 +127,27 @@ def timed_runs(fn, steps: int, warmup: int) -> list:
 # ---------------------------------------------------------------------------------------------------------- SFT
 
 
-def measure_sft(model, optimizer, scheduler, tokenizer, config, accelerator, scale, peak) -> dict:
+def measure_sft(scale, peak) -> dict:
     """Non-pad tokens/s, MFU and peak memory of train_sft.train_step at each batch size until one does not fit."""
-    device, timer = accelerator.device, PhaseTimer(accelerator.device)
-    num_params = sum(p.numel() for p in model.parameters())
+    config = check_config("sft", scale["model"], "--gradient_accumulation_steps", "1")
+    run = train_sft.setup(config, config["model_name"])
+    run.model.train()
+    device, timer = run.accelerator.device, PhaseTimer(sync=True)
+    num_params = sum(p.numel() for p in run.model.parameters())
     examples = load_jsonl(config["train_file"])
     rows = []
     for batch_size in scale["sft_batches"]:
-        needed = batch_size * (scale["steps"] + scale["warmup"])
-        loader = iter(train_sft.build_train_loader((examples * (needed // len(examples) + 1))[:needed], tokenizer,
-                                                   {**config, "batch_size": batch_size}))
+        needed = batch_size * (scale["steps"] + scale["warmup"])  # every batch full, even past the 400 examples
+        loader = train_sft.build_train_loader((examples * (needed // len(examples) + 1))[:needed], run.tokenizer,
+                                              {**config, "batch_size": batch_size})
+        batches = iter(run.accelerator.prepare_data_loader(loader))
 
         def step():
-            batch = {k: v.to(device) for k, v in next(loader).items()}
+            batch = next(batches)
             timer.reset()
             with timer.phase("step"):
-                train_sft.train_step(model, batch, optimizer, scheduler, accelerator, config["max_grad_norm"])
-            return timer.current["step"], int(batch["attention_mask"].sum())
+                train_sft.train_step(run, batch, config["max_grad_norm"])
+            return timer.seconds["step"], int(batch["attention_mask"].sum())
 
         reset_peak(device)
         try:
@@ -137,7 +155,7 @@ def measure_sft(model, optimizer, scheduler, tokenizer, config, accelerator, sca
         except RuntimeError as err:
             if not is_out_of_memory(err):
                 raise
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             rows.append({"batch_size": batch_size, "fits": False})
             print(f"sft batch {batch_size}: out of memory")
             break
@@ -159,89 +177,73 @@ def measure_sft(model, optimizer, scheduler, tokenizer, config, accelerator, sca
 # --------------------------------------------------------------------------------------------------------- GRPO
 
 
-def grpo_phases(model, reference, tokenizer, batch, config, gen_config, reward_model, optimizer, scheduler,
-                accelerator) -> dict:
-    """train_grpo.grpo_step's work for one generation and one update, each phase timed on its own."""
-    timer, temperature = PhaseTimer(accelerator.device), config["temperature"]
-    with timer.phase("step"):
-        with timer.phase("generation"):
-            rollout = train_grpo.rollout(accelerator.unwrap_model(model), tokenizer, batch, config, gen_config)
-        scored = train_grpo.score(rollout, batch, reward_model, config["group_size"])
-        advantages = train_grpo.group_advantages(scored["total"].to(rollout.sequences.device),
-                                                 config["group_size"], config["advantage_mode"])  # [N]
-        with timer.phase("reference_forward"), torch.no_grad():
-            ref_logp = train_grpo.sequence_logprobs(reference, rollout, temperature)  # [N, L]
-        with timer.phase("policy_forward"):
-            logp = train_grpo.sequence_logprobs(model, rollout, temperature)  # [N, L]
-            loss, _ = train_grpo.grpo_loss(logp, ref_logp, None, advantages, rollout.mask,
-                                           loss_type=config["loss_type"], kl_coeff=config["kl_coeff"],
-                                           kl_estimator=config["kl_estimator"],
-                                           aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
-                                           max_completion_length=config["max_completion_length"])
-        with timer.phase("backward"):
-            accelerator.backward(loss)
-        with timer.phase("optimizer"):
-            accelerator.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-    return {**timer.current, "generated_tokens": int(rollout.mask.sum())}
-
-
-def measure_grpo(model, reference, optimizer, scheduler, tokenizer, accelerator, scale, model_name) -> list[dict]:
-    rows, timer = [], PhaseTimer(accelerator.device)
+def measure_grpo(scale) -> list[dict]:
+    """Each of the scale's GRPO shapes, each on its own run."""
+    rows = []
     for prompts, group, new_tokens in scale["grpo_shapes"]:
-        config = resolve_config("grpo", None, ["--model_name", model_name, "--batch_size", str(prompts),
-                                               "--group_size", str(group), "--max_completion_length",
-                                               str(new_tokens)])
-        batches = train_grpo.prompt_batches(load_jsonl(config["train_file"]), prompts, config["seed"])
-        gen_config = generation_config(tokenizer, new_tokens, True, config["temperature"], config["top_p"])
-        reward_model = train_grpo.MathRewardModel(config["correct_reward"], config["wrong_reward"],
-                                                  config["format_reward_weight"], config["length_reward_weight"],
-                                                  new_tokens)
-        rest = (config, gen_config, reward_model, optimizer, scheduler, accelerator)
-
-        def whole_step():
-            timer.reset()
-            with timer.phase("step"):
-                record = train_grpo.grpo_step(model, accelerator.unwrap_model(model), reference, tokenizer,
-                                              next(batches), *rest)
-            return timer.current["step"], record["generated_tokens_per_s"]
-
-        reset_peak(accelerator.device)
-        with accelerator.autocast():
-            phases = timed_runs(lambda: grpo_phases(model, reference, tokenizer, next(batches), *rest),
-                                scale["steps"], scale["warmup"])
-            steps = timed_runs(whole_step, scale["steps"], scale["warmup"])
-        names = ("generation", "reference_forward", "policy_forward", "backward", "optimizer", "step")
-        row = {"shape": f"{prompts}x{group}x{new_tokens}", "step_s": summarize([s for s, _ in steps]),
-               "generated_tokens_per_s": summarize([t for _, t in steps]),
-               "phases_s": {name: summarize([p[name] for p in phases]) for name in names},
-               "generated_tokens": [p["generated_tokens"] for p in phases],
-               "peak_memory_mb": peak_mb(accelerator.device)}
-        rows.append(row)
-        split = ", ".join(f"{n} {row['phases_s'][n]['median']:.3f}" for n in names[:-1])
-        print(f"grpo {row['shape']}: {row['step_s']['median']:.3f} s/step ({split}), "
-              f"{row['generated_tokens_per_s']['median']:,.0f} generated tokens/s")
+        rows.append(measure_grpo_shape(scale["model"], prompts, group, new_tokens, scale["steps"], scale["warmup"]))
+        gc.collect()  # free this shape's policy and reference before the next shape's setup loads its own
     return rows
+
+
+def measure_grpo_shape(model_name: str, prompts: int, group: int, new_tokens: int, steps: int, warmup: int) -> dict:
+    """s/step of train_grpo.grpo_step, its phase split (grpo_step's own timer), generated tokens/s, peak memory."""
+    config = check_config("grpo", model_name, "--batch_size", str(prompts), "--group_size", str(group),
+                          "--max_completion_length", str(new_tokens))
+    train_grpo.validate(config)
+    run = train_grpo.setup(config, config["model_name"])
+    device, timer = run.accelerator.device, PhaseTimer(sync=True)  # grpo_step resets it and records its phases
+
+    def step():
+        sync(device)
+        start = time.perf_counter()
+        batch = next(run.batches)
+        with run.accelerator.autocast():  # as train_grpo.main() runs a step
+            result = train_grpo.grpo_step(run, batch, config, timer)
+        sync(device)
+        return {"step": time.perf_counter() - start, **timer.seconds,
+                "generated_tokens": round(result.metrics["completion_length_mean"] * prompts * group),
+                "generated_tokens_per_s": result.metrics["generated_tokens_per_s"]}
+
+    reset_peak(device)
+    runs = timed_runs(step, steps, warmup)
+    row = {"shape": f"{prompts}x{group}x{new_tokens}", "step_s": summarize([r["step"] for r in runs]),
+           "generated_tokens_per_s": summarize([r["generated_tokens_per_s"] for r in runs]),
+           "phases_s": {name: summarize([r[name] for r in runs]) for name in GRPO_PHASES},
+           "generated_tokens": [r["generated_tokens"] for r in runs],
+           "peak_memory_mb": peak_mb(device)}
+    split = ", ".join(f"{n} {row['phases_s'][n]['median']:.3f}" for n in GRPO_PHASES)
+    print(f"grpo {row['shape']}: {row['step_s']['median']:.3f} s/step ({split}), "
+          f"{row['generated_tokens_per_s']['median']:,.0f} generated tokens/s")
+    return row
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def measure_evaluation(model, tokenizer, accelerator, scale, model_name) -> dict:
+@functools.cache
+def inference_model(model_name: str):
+    """(model, tokenizer, accelerator) as evaluate.py loads a checkpoint: fp32 weights on the device, bf16 autocast.
+    Loaded once, by the first of the evaluation and generation parts that runs."""
+    config = check_config("evaluate", model_name)
+    accelerator = make_accelerator(config)
+    model, tokenizer = load_model_and_tokenizer(model_name, config)
+    return model.to(accelerator.device).eval(), tokenizer, accelerator
+
+
+def measure_evaluation(scale) -> dict:
     """Greedy examples/s of greedy_accuracy, batched (eval_batch_size prompts per generate) and one by one."""
-    config = resolve_config("evaluate", None, ["--model_name", model_name, "--max_completion_length",
-                                               str(scale["eval_new_tokens"])])
+    model, tokenizer, accelerator = inference_model(scale["model"])
+    config = check_config("evaluate", scale["model"], "--max_completion_length", str(scale["eval_new_tokens"]))
     examples = load_jsonl(EVAL_FILE)[: scale["eval_prompts"]]
-    timer, out = PhaseTimer(accelerator.device), {}
+    timer, out = PhaseTimer(sync=True), {}
     for name, prompts, batch_size in (("batched", examples, config["eval_batch_size"]),
                                       ("one_by_one", examples[: scale["one_by_one_prompts"]], 1)):
         timer.reset()
         reset_peak(accelerator.device)
         with accelerator.autocast(), timer.phase("seconds"):
             result = greedy_accuracy(model, tokenizer, prompts, config, batch_size=batch_size)
-        seconds = timer.current["seconds"]
+        seconds = timer.seconds["seconds"]
         out[name] = {"examples": len(prompts), "batch_size": batch_size, "seconds": seconds,
                      "examples_per_s": len(prompts) / seconds,
                      "mean_completion_tokens": result["mean_completion_tokens"],
@@ -254,9 +256,10 @@ def measure_evaluation(model, tokenizer, accelerator, scale, model_name) -> dict
 # ---------------------------------------------------------------------------------------------- generation
 
 
-def measure_generation(model, tokenizer, accelerator, scale, compile_static: bool) -> dict:
+def measure_generation(scale, compile_static: bool) -> dict:
     """Generated tokens/s of one greedy generate call: dynamic cache vs static cache (+ torch.compile)."""
-    timer = PhaseTimer(accelerator.device)
+    model, tokenizer, accelerator = inference_model(scale["model"])
+    timer = PhaseTimer(sync=True)
     prompts = [prompt_ids(tokenizer, e["prompt"], "chat", 128)
                for e in load_jsonl(EVAL_FILE)[: scale["generation_batch"]]]
     new_tokens = scale["generation_new_tokens"]
@@ -270,7 +273,7 @@ def measure_generation(model, tokenizer, accelerator, scale, compile_static: boo
             timer.reset()
             with accelerator.autocast(), timer.phase("seconds"):
                 sequences, width = generate_ids(model, tokenizer, prompts, gen_config)
-            return timer.current["seconds"], sequences[:, width:].numel()
+            return timer.seconds["seconds"], sequences[:, width:].numel()
 
         first_seconds, _ = call()  # includes torch.compile's compilation and CUDA graph capture when compiled
         runs = timed_runs(call, scale["steps"], 0)
@@ -290,8 +293,10 @@ def measure_generation(model, tokenizer, accelerator, scale, compile_static: boo
 def run_compare(work_dir: Path, device) -> dict:
     """compare.py on builtin:tinyllama-mini, bf16 on the device, small step counts; its exit status and time."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    # max_completion_length 5: the longest answer of data/math_tasks_train.jsonl plus EOS in the stand-in's
+    # tokens; a shorter limit would cut answers into wrong labels, which train_sft.py refuses
     config = {
-        "model_name": "builtin:tinyllama-mini", "mixed_precision": "bf16", "max_completion_length": 4,
+        "model_name": "builtin:tinyllama-mini", "mixed_precision": "bf16", "max_completion_length": 5,
         "batch_size": 4, "eval_batch_size": 16, "eval_file": str(work_dir / "eval.jsonl"),
         "sft": {"learning_rate": 1e-3, "max_steps": 2, "log_every": 1, "eval_every": 2},
         "grpo": {"batch_size": 2, "group_size": 2, "num_train_steps": 1, "eval_every": 1, "save_every": 0},
@@ -335,33 +340,22 @@ def main() -> None:
     args = parse()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here; run python bench/gpu_check.py --scale mini --device cpu")
+    if args.device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # every Accelerator the trainers' setups make stays on the CPU
+    device = torch.device(args.device)
     scale, budget = SCALES[args.scale], Budget(args.budget_s)
     set_seed(0)
-    accelerator = Accelerator(mixed_precision="bf16", cpu=args.device == "cpu")
-    device = accelerator.device
     out_path = args.out or OUT_DIR / f"gpu_{args.scale}_{args.device}.json"
     report = {"scale": args.scale, "model": scale["model"], "environment": environment(THREADS, device),
-              "settings": scale, "skipped": []}
-
-    # ---- model --------------------------------------------------------------------------------------------
-    start = time.perf_counter()
-    config = resolve_config("sft", None, ["--model_name", scale["model"], "--mixed_precision", "bf16"])
-    model, tokenizer = load_model_and_tokenizer(scale["model"], config)
-    reference = copy.deepcopy(model).eval().requires_grad_(False).to(device)  # as train_grpo.main() makes it
-    optimizer = make_optimizer(model, config)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, get_constant_schedule(optimizer))
-    report["load_s"] = time.perf_counter() - start
-    unwrapped = accelerator.unwrap_model(model)
+              "settings": scale, "skipped": [], "part_seconds": {}}
     compile_static = device.type == "cuda" and not args.no_compile
 
-    # ---- the parts, while the budget lasts ----------------------------------------------------------------
+    # ---- the parts, while the budget lasts; each builds its own run (setup time included in the budget) ----
     parts = {
-        "sft": lambda: measure_sft(model, optimizer, scheduler, tokenizer, config, accelerator, scale,
-                                   peak_tflops(device, args.peak_tflops)),
-        "grpo": lambda: measure_grpo(model, reference, optimizer, scheduler, tokenizer, accelerator, scale,
-                                     scale["model"]),
-        "evaluation": lambda: measure_evaluation(unwrapped, tokenizer, accelerator, scale, scale["model"]),
-        "generation": lambda: measure_generation(unwrapped, tokenizer, accelerator, scale, compile_static),
+        "sft": lambda: measure_sft(scale, peak_tflops(device, args.peak_tflops)),
+        "grpo": lambda: measure_grpo(scale),
+        "evaluation": lambda: measure_evaluation(scale),
+        "generation": lambda: measure_generation(scale, compile_static),
         "compare": lambda: run_compare(args.work_dir, device),
     }
     for name, part in parts.items():
@@ -369,7 +363,10 @@ def main() -> None:
             report["skipped"].append(name)
             print(f"{name}: skipped, --budget_s {args.budget_s:.0f} spent")
             continue
+        start = time.perf_counter()
         report[name] = part()
+        report["part_seconds"][name] = time.perf_counter() - start  # setup (model loading) included
+        gc.collect()  # this part's run (model, optimizer state) is garbage now: free it before the next loads
         write_json(out_path, report)  # after every part, so a killed run keeps what it measured
     report["total_s"] = args.budget_s - budget.left()
     print(f"results: {write_json(out_path, report)}")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import assert_user_error
 
-PHASES = ("generation", "reference_forward", "policy_forward", "backward", "optimizer")
+PHASES = ("generation", "reward", "ref_forward", "policy_forward", "backward", "optimizer")  # grpo_step's timer
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def test_every_part_ran_on_the_mini_stand_in(check):
     assert report["model"] == "builtin:tinyllama-mini" and report["skipped"] == []
     assert report["environment"]["device"] == "cpu"
     assert "results: " in stdout
+    assert list(report["part_seconds"]) == ["sft", "grpo", "evaluation", "generation", "compare"]
 
 
 def test_sft_rows_at_each_batch(check):
@@ -43,8 +44,10 @@ def test_grpo_split_covers_the_step(check):
     assert [row["shape"] for row in rows] == ["2x4x8", "4x4x8"]
     for row, (n, length) in zip(rows, [(8, 8), (16, 8)]):
         phases = row["phases_s"]
-        for i, step in enumerate(phases["step"]["all"]):  # the phases of one run fit inside its step
-            assert 0 < sum(phases[name]["all"][i] for name in PHASES) <= step
+        assert sorted(phases) == sorted(PHASES)
+        for i, step in enumerate(row["step_s"]["all"]):  # the phases of one step fit inside it
+            assert all(phases[name]["all"][i] > 0 for name in PHASES)
+            assert sum(phases[name]["all"][i] for name in PHASES) <= step
         assert all(0 < tokens <= n * length for tokens in row["generated_tokens"])
         assert row["step_s"]["n"] == 2 and row["generated_tokens_per_s"]["median"] > 0
 
