@@ -147,6 +147,21 @@ def in_process_runner():
     return run_script_in_process
 
 
+@pytest.fixture(scope="session")
+def isolated_in_process_runner():
+    """run_script_in_process with accelerate's process-wide state reset before and after, so a run's mixed
+    precision never meets another's."""
+    from accelerate.state import AcceleratorState
+
+    def runner(*args):
+        AcceleratorState._reset_state(True)
+        try:
+            return run_script_in_process(*args)
+        finally:
+            AcceleratorState._reset_state(True)
+    return runner
+
+
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
