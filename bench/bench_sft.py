@@ -48,8 +48,7 @@ TINY_CONFIG = "configs/tiny.yaml"
 
 def sft_config(model_name: str, batch_size: int, seed: int, total_steps: int) -> dict:
     overrides = {"model_name": model_name, "batch_size": batch_size, "seed": seed, "loss_on": "completion",
-                 "max_steps": total_steps,
-                 "gradient_accumulation_steps": 1}
+                 "max_steps": total_steps, "gradient_accumulation_steps": 1}
     config = resolve_config("sft", TINY_CONFIG, [t for k, v in overrides.items() for t in (f"--{k}", str(v))])
     return {**config, "mixed_precision": "no"}  # fp32 on both sides
 
