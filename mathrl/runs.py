@@ -39,7 +39,8 @@ BY_NAME = {spec.name: spec for spec in RUNS}
 
 def planned(config: dict) -> list[RunSpec]:
     """The entries this config runs, in table order: every one, less the optional ones its keys leave off."""
-    return [spec for spec in RUNS if spec.name not in OPTIONAL or config[OPTIONAL[spec.name]] > 0]
+    # .get: a config written before the key existed (a kept run's, a hand-made one) has no optional runs
+    return [spec for spec in RUNS if spec.name not in OPTIONAL or config.get(OPTIONAL[spec.name], 0) > 0]
 
 
 def trained_by(script: str) -> list[str]:
