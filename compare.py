@@ -16,6 +16,8 @@ is the list that planning, evaluation and the report loop over):
   sft_grpo   train_grpo.py --init_from OUTPUT_DIR/sft/final: the two-stage SFT -> GRPO recipe
   h2h_sft, h2h_grpo   both from the shared warm start OUTPUT_DIR/sft/step_<warm_start_steps>: more SFT vs GRPO for
              the same training time (head_to_head_seconds), to see which buys more accuracy per second
+  grpo_length  only when grpo_length_reward_weight > 0 (configs/smollm2.yaml): train_grpo.py from the base model
+             with that length_reward_weight, the two-stage recipe's length term
 Then evaluate.py decodes every checkpoint greedily (the headline) and samples diversity_samples completions per
 prompt, and OUTPUT_DIR/REPORT.md, results.json, samples.md and *.png are written (mathrl/report.py). Each run's
 console output is in OUTPUT_DIR/NAME/train.log.
@@ -57,7 +59,7 @@ from mathrl.data import load_jsonl, read_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.resume import complete_steps
 from mathrl.report import write_report
-from mathrl.runs import BY_NAME, GRPO_SCRIPT, RUNS, SFT_SCRIPT, RunSpec
+from mathrl.runs import BY_NAME, GRPO_SCRIPT, SFT_SCRIPT, RunSpec, planned
 
 REPO_ROOT = Path(__file__).resolve().parent
 PATH_KEYS = ("output_dir", "init_from")  # not compared on reuse: OUTPUT_DIR may have been moved
@@ -113,13 +115,15 @@ def run_overrides(spec: RunSpec, config: dict) -> list[str]:
         cap = "--max_steps" if spec.script == SFT_SCRIPT else "--num_train_steps"
         return ["--max_train_seconds", cli_value(config["head_to_head_seconds"]), "--save_every", "0",
                 cap, cli_value(config["head_to_head_max_steps"])]
+    if spec.name == "grpo_length":
+        return ["--length_reward_weight", cli_value(config["grpo_length_reward_weight"])]
     return []
 
 
 def plan_runs(config: dict, out: Path) -> list[Run]:
     """Every entry of mathrl.runs that is trained (and the base model, evaluated only), in table order."""
     runs = []
-    for spec in RUNS:
+    for spec in planned(config):
         if spec.script is None and spec.starts_from:
             continue  # a checkpoint of another run
         section = {None: "evaluate", SFT_SCRIPT: "sft", GRPO_SCRIPT: "grpo"}[spec.script]
@@ -249,7 +253,7 @@ def eval_targets(config: dict, out: Path) -> list[Target]:
         return json.loads((ckpt / "summary.json").read_text())["train_seconds"]
 
     targets = []
-    for spec in RUNS:
+    for spec in planned(config):
         if spec.name == "base":
             targets.append(Target("base", config["model_name"], out / "base" / "eval-base.json"))
             continue

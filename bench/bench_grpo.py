@@ -3,6 +3,7 @@
     python -m venv --system-site-packages bench/.venv && bench/.venv/bin/pip install trl   # once
     bench/.venv/bin/python bench/bench_grpo.py                    # built-in tiny model, CPU, 1 thread
     bench/.venv/bin/python bench/bench_grpo.py --model tinyllama  # TinyLlama-1.1B shape, random weights (CUDA)
+    bench/.venv/bin/python bench/bench_grpo.py --model builtin:smollm2-135m-instruct --shapes 2x4x64   # a real model
     python bench/bench_grpo.py --no_trl                           # ours only (no TRL needed)
 
 Our step is exactly what train_grpo.main() runs per step: next prompt batch + `train_grpo.grpo_step` (generation,
@@ -29,8 +30,8 @@ from __future__ import annotations
 
 import sys
 
-from common import (OUT_DIR, environment, load_average, parse_bench_args, phase_medians, pin_threads,
-                    set_torch_threads, summarize, sync, timed, write_json)
+from common import (MODEL_HELP, OUT_DIR, environment, load_average, model_label, model_name_of, parse_bench_args,
+                    phase_medians, pin_threads, set_torch_threads, summarize, sync, timed, write_json)
 
 THREADS = pin_threads(sys.argv[1:])
 
@@ -288,7 +289,8 @@ def print_result(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("tiny", "tinyllama"), default="tiny")
+    parser.add_argument("--model", default="tiny",
+                        help="tinyllama: TinyLlama-1.1B's shape with random weights (CUDA); " + MODEL_HELP)
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated PROMPTSxCOMPLETIONSxTOKENS")
     args = parse_bench_args(parser, 7, "bench/out/grpo_MODEL_DEVICE.json")
 
@@ -298,7 +300,7 @@ def main() -> None:
             parser.error("--model tinyllama needs a CUDA GPU")
         model_name = model_dir = tinyllama_dir(args.seed)
     else:
-        model_name = "builtin:tiny"
+        model_name = model_name_of(args.model)
         model_dir = resolve_model_path(model_name, grpo_config(model_name, (2, 2, 8), args.seed))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -307,7 +309,7 @@ def main() -> None:
         result = run_shape(args, model_name, model_dir, parse_shape(text), device)
         print_result(result)
         results.append(result)
-    out = Path(args.out) if args.out else OUT_DIR / f"grpo_{args.model}_{device.type}.json"
+    out = Path(args.out) if args.out else OUT_DIR / f"grpo_{model_label(args.model)}_{device.type}.json"
     payload = {"benchmark": "grpo_step", "model": args.model, "model_dir": model_dir, "settings": SETTINGS,
                "environment": environment(THREADS, device), "results": results}
     print(f"wrote {write_json(out, payload)}")

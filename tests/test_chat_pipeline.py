@@ -25,18 +25,9 @@ SHORT = ["--model_name", MODEL, "--max_completion_length", "8", "--eval_batch_si
 
 
 @pytest.fixture(scope="module")
-def run(in_process_runner):
-    """Run a script in this process (no interpreter start-up per run), with accelerate's process-wide state reset
-    before and after, so a run's mixed precision never meets another's."""
-    from accelerate.state import AcceleratorState
-
-    def runner(*args):
-        AcceleratorState._reset_state(True)
-        try:
-            return in_process_runner(*args)
-        finally:
-            AcceleratorState._reset_state(True)
-    return runner
+def run(isolated_in_process_runner):
+    """Run a script in this process (no interpreter start-up per run), accelerate's state reset around it."""
+    return isolated_in_process_runner
 
 
 def checked(result: tuple[int, str, str]) -> str:

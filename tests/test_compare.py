@@ -319,3 +319,21 @@ def test_check_claims_needs_no_hard_coded_answer(experiment):
         runs[loser]["held_out"] = {**runs[loser]["held_out"], "accuracy": 0.0}
         (f,) = [c for c in check_claims(runs, 0.9) if c["id"] == "f"]
         assert f["comparisons"][0]["verdict"] == expected
+
+
+def test_grpo_length_run_is_planned_only_when_its_weight_is_set():
+    """The tiny experiment's runs are unchanged; configs/smollm2.yaml's weight adds GRPO from the base model with
+    the length term, passed to train_grpo.py as length_reward_weight."""
+    from compare import plan_runs
+    from mathrl.config import resolve_config
+
+    default = resolve_config("compare", str(REPO_ROOT / "configs/tiny.yaml"))
+    assert default["grpo_length_reward_weight"] == 0.0
+    assert [r.name for r in plan_runs(default, Path("out"))] == [n for n in RUNS if n != "warm_start"]
+    runs = {r.name: r for r in plan_runs({**default, "grpo_length_reward_weight": 0.5}, Path("out"))}
+    assert list(runs) == [*(n for n in RUNS if n != "warm_start"), "grpo_length"]
+    length = runs["grpo_length"]
+    assert (length.script, length.section, length.init_from, length.upstream) == ("train_grpo.py", "grpo", None, None)
+    assert length.overrides == ["--length_reward_weight", "0.5"]
+    smollm2 = resolve_config("compare", str(REPO_ROOT / "configs/smollm2.yaml"))
+    assert "grpo_length" in [r.name for r in plan_runs(smollm2, Path("out"))]

