@@ -53,7 +53,8 @@ from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
-                               gather_logprobs, group_advantages, grpo_loss)
+                               gather_logprobs, group_advantages, grpo_loss, loss_mask, token_entropy,
+                               truncated_rows)
 from mathrl.prompts import prompt_ids
 from mathrl.resume import (StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run,
                            sampling_guard, skip)
@@ -143,9 +144,11 @@ def generate_rollout(model, tokenizer, batch: list[dict], config: dict, gen_conf
     return Rollout(sequences, attention_mask, width, mask, texts)
 
 
-def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
+def sequence_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
     """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them (logits divided
     by the sampling temperature). The logits equal objectives.completion_logits; each prompt runs once per group.
+    with_entropy: also the policy's mean token entropy over the completion (objectives.token_entropy), from the
+    same logits (no second forward): (logp [N, L], entropy scalar).
 
     Logits are cast to fp32 before the temperature division for every model: under bf16 autocast only the
     accelerator-prepared policy returns fp32 logits, and dividing the reference's bf16 logits would round only
@@ -153,7 +156,9 @@ def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tens
     """
     logits = shared_prompt_completion_logits(model, rollout.sequences, rollout.attention_mask,
                                              rollout.prompt_width)  # [N, L, V]
-    return gather_logprobs(logits.float() / temperature, rollout.sequences[:, rollout.prompt_width:])  # [N, L]
+    logits = logits.float() / temperature  # [N, L, V]
+    logp = gather_logprobs(logits, rollout.sequences[:, rollout.prompt_width:])  # [N, L]
+    return (logp, token_entropy(logits, rollout.mask)) if with_entropy else logp
 
 
 def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, group_size: int) -> dict:
@@ -269,15 +274,18 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         with torch.no_grad(), timer.phase("ref_forward"):
             ref_logp = sequence_logprobs(run.reference, rollout, config["temperature"])  # [N, L]
 
-    old_logp, loss_stats, grad_norm = None, {}, 0.0
+    truncated = truncated_rows(rollout.sequences[:, rollout.prompt_width:], run.tokenizer.eos_token_id)  # [N]
+    trained = loss_mask(rollout.mask, truncated, config["mask_truncated_completions"])  # [N, L]
+    old_logp, loss_stats, grad_norm, entropy = None, {}, 0.0, None
     lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
     for iteration in range(config["num_iterations"]):
         with timer.phase("policy_forward"):
-            logp = sequence_logprobs(run.model, rollout, config["temperature"])  # [N, L]
+            logp, iteration_entropy = sequence_logprobs(run.model, rollout, config["temperature"], True)  # [N, L]
+        entropy = iteration_entropy if entropy is None else entropy  # the sampling policy's (first update)
         if iteration == 0 and config["num_iterations"] > 1:
             old_logp = logp.detach()  # the policy that sampled: its weights are unchanged until this update
         loss, loss_stats = grpo_loss(
-            logp, ref_logp, old_logp, advantages, rollout.mask, loss_type=config["loss_type"],
+            logp, ref_logp, old_logp, advantages, trained, loss_type=config["loss_type"],
             kl_coeff=config["kl_coeff"], kl_estimator=config["kl_estimator"],
             aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
             max_completion_length=config["max_completion_length"])
@@ -291,7 +299,6 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
 
     lengths = rollout.mask.sum(dim=1)  # [N]
     grouped = rewards.view(-1, config["group_size"])  # [B, G]
-    truncated = ~(rollout.sequences[:, rollout.prompt_width:] == run.tokenizer.eos_token_id).any(dim=1)  # [N]
     num_generated = int(lengths.sum())
     generation_seconds = timer.seconds["generation"]
     metrics = {
@@ -307,6 +314,8 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "completion_length_mean": lengths.float().mean().item(),
         "completion_length_max": int(lengths.max()),
         "truncated_fraction": truncated.float().mean().item(),
+        "masked_truncated_completions": int(truncated.sum()) if config["mask_truncated_completions"] else 0,
+        "entropy": entropy.item(),
         "grad_norm": grad_norm,
         "lr": lr,
         "generation_seconds": generation_seconds,

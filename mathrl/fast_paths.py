@@ -40,9 +40,9 @@ def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
     shared = int(same.long().cumprod(dim=0).sum()) if input_ids.shape[0] > 1 else 0
     past = {}
     if shared:
-        cache = model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1).past_key_values
+        cache = model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1).cache
         cache.batch_repeat_interleave(input_ids.shape[0])  # [1, ...] -> [B, ...]
-        past = {"past_key_values": cache}
+        past = {"cache": cache}
     # Columns shared .. last-1, attending to the shared columns; position ids default to the column index, as in
     # the full pass over right-padded rows. Their logits score the labels of columns shared+1 .. last.
     logits = model(input_ids=input_ids[:, shared:last], attention_mask=attention_mask[:, :last],
@@ -70,20 +70,20 @@ def shared_prompt_completion_logits(model, sequences: Tensor, attention_mask: Te
     # Each prompt once: its keys/values, and the logits at its last token, which score completion token 0.
     prompt_out = model(input_ids=unique[:, :width], attention_mask=unique[:, width:],
                        position_ids=left_padded_positions(unique[:, width:]), logits_to_keep=1, use_cache=True)
-    cache = prompt_out.past_key_values
+    cache = prompt_out.cache
     cache.batch_select_indices(group)  # [U, ...] -> [N, ...]; differentiable, gradients sum over each group
     logits = prompt_out.logits[group]  # [N, 1, V]
     if num_completion > 1:
         # Completion tokens 0 .. L-2 of every row, attending to its prompt's cache: logits scoring tokens 1 .. L-1.
         rest = model(input_ids=sequences[:, width:-1], attention_mask=attention_mask[:, :-1],
-                     position_ids=left_padded_positions(attention_mask)[:, width:-1], past_key_values=cache,
+                     position_ids=left_padded_positions(attention_mask)[:, width:-1], cache=cache,
                      use_cache=True).logits
         logits = torch.cat([logits, rest], dim=1)  # [N, L, V]
     return logits
 
 
 def shared_prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, num_return_sequences: int) -> dict:
-    """generate()'s `past_key_values` for n samples of each left-padded prompt [B, P], each prompt prefilled once.
+    """generate()'s `cache` for n samples of each left-padded prompt [B, P], each prompt prefilled once.
 
     The n samples of a prompt share it: run each prompt (all but its last token) once and copy its keys/values to
     the n rows, instead of letting generate() prefill the same prompt n times. generate() then starts from the last
@@ -94,6 +94,6 @@ def shared_prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, num_re
     prefix_mask = attention_mask[:, :-1]  # [B, P-1]
     prefix = model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
                    position_ids=left_padded_positions(prefix_mask), use_cache=True,
-                   logits_to_keep=1).past_key_values
+                   logits_to_keep=1).cache
     prefix.batch_repeat_interleave(num_return_sequences)  # [B*n, ...]
-    return {"past_key_values": prefix}
+    return {"cache": prefix}
