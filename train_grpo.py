@@ -51,7 +51,7 @@ from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
-from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
                                gather_logprobs, group_advantages, grpo_loss, loss_mask, token_entropy,
                                truncated_rows)
@@ -177,6 +177,7 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     reference = None
     if config["kl_coeff"] > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    apply_memory_options(model, config)
     train_examples = load_jsonl(config["train_file"])
     if len(train_examples) < config["batch_size"]:
         raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")

@@ -48,7 +48,7 @@ from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
-from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import sft_labels
 from mathrl.prompts import encode_example
 from mathrl.resume import Batches, StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run
@@ -98,6 +98,7 @@ def setup(config: dict, init_from: str) -> SFTSetup:
     """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate."""
     accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
     model, tokenizer = load_model_and_tokenizer(init_from, config)
+    apply_memory_options(model, config)
     train_examples = load_jsonl(config["train_file"])
     check_train_examples(tokenizer, train_examples, config)
     train_loader = build_train_loader(train_examples, tokenizer, config)

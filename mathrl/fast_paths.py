@@ -19,6 +19,17 @@ from torch import Tensor
 from mathrl.objectives import IGNORE_INDEX, completion_logits, left_padded_positions, sft_loss
 
 
+def cache_is_dropped(model) -> bool:
+    """True when this forward pass cannot carry keys/values from one call to the next: under gradient checkpointing
+    (config key `gradient_checkpointing`) a training-mode layer with gradients on drops `cache` and `use_cache`
+    (transformers' GradientCheckpointingLayer), because the backward replay would write it a second time. The fast
+    paths below would then attend to nothing before their own tokens, so they take their plain forms instead; the
+    checkpointed plain pass still fits the long sequences that checkpointing is for. Generation and the reference
+    model run without gradients and keep their shared prefixes."""
+    module = getattr(model, "module", model)  # a DistributedDataParallel wrapper holds the model in .module
+    return bool(getattr(module, "is_activation_checkpointing", False)) and module.training and torch.is_grad_enabled()
+
+
 def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
     """`objectives.sft_loss(model, batch)` (mean next-token cross entropy over the labelled tokens), computing only
     what it needs.
@@ -32,8 +43,8 @@ def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [B, T]
     # Columns holding a scored label (a label in column 0 is never scored: nothing comes before it).
     labelled = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1) + 1  # [K]
-    if labelled.numel() == 0:
-        return sft_loss(model, batch)  # nothing to score: the plain pass (and its NaN)
+    if labelled.numel() == 0 or cache_is_dropped(model):
+        return sft_loss(model, batch)  # nothing to score: the plain pass (and its NaN); no cache: the plain pass
     first, last = int(labelled[0]), int(labelled[-1])
     # Leading columns that hold one token in every row and whose logits score no label (column t scores t+1).
     same = ((input_ids == input_ids[:1]).all(dim=0) & (attention_mask == 1).all(dim=0))[:first - 1]  # [first-1]
@@ -64,7 +75,7 @@ def shared_prompt_completion_logits(model, sequences: Tensor, attention_mask: Te
     num_completion = sequences.shape[1] - width
     prompts = torch.cat([sequences[:, :width], attention_mask[:, :width]], dim=1)  # [N, 2P]
     unique, group = torch.unique_consecutive(prompts, dim=0, return_inverse=True)  # [U, 2P], [N] row -> prompt
-    if unique.shape[0] == prompts.shape[0]:
+    if unique.shape[0] == prompts.shape[0] or cache_is_dropped(model):
         return completion_logits(model, sequences, attention_mask, prompt_width)  # [N, L, V]
 
     # Each prompt once: its keys/values, and the logits at its last token, which score completion token 0.
@@ -89,7 +100,7 @@ def shared_prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, num_re
     the n rows, instead of letting generate() prefill the same prompt n times. generate() then starts from the last
     prompt token, with the same positions and sampling as without the cache. {} for one-token prompts.
     """
-    if input_ids.shape[1] <= 1:
+    if input_ids.shape[1] <= 1 or cache_is_dropped(model):
         return {}
     prefix_mask = attention_mask[:, :-1]  # [B, P-1]
     prefix = model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
