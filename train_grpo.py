@@ -60,6 +60,7 @@ from mathrl.resume import (StopSignals, add_resume_flag, check_finite, resume_ch
                            sampling_guard, skip)
 from mathrl.rewards import MathRewardModel
 from mathrl.timing import PhaseTimer
+from mathrl.tracking import check_report_to, make_tracker
 from mathrl.validation import check_train_examples
 
 NUM_SAMPLES_LOGGED = 4
@@ -197,6 +198,7 @@ def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
     args, config = parse_args("grpo", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     validate(config)
+    check_report_to(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)
     set_seed(config["seed"])
@@ -208,7 +210,7 @@ def main() -> None:
     eval_sets = load_eval_sets(config)
 
     # ---- train ----------------------------------------------------------------------------------------
-    metrics = MetricsLog(output_dir / METRICS_NAME)
+    metrics = MetricsLog(output_dir / METRICS_NAME, tracker=make_tracker(config, output_dir))
     samples_log = MetricsLog(output_dir / "samples.jsonl")
     clock, accuracy, first_step, stop = RunClock(), None, 1, StopSignals()
     if resume_from:

@@ -52,6 +52,7 @@ from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make
 from mathrl.objectives import sft_labels
 from mathrl.prompts import encode_example
 from mathrl.resume import Batches, StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run
+from mathrl.tracking import check_report_to, make_tracker
 from mathrl.validation import check_train_examples
 
 NUM_EVAL_SAMPLES_LOGGED = 8
@@ -143,6 +144,7 @@ def main() -> None:
                      "gradient_accumulation_steps", "log_every")
     if config["max_steps"] <= 0:
         require_positive(config, "num_epochs")
+    check_report_to(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)  # prompt as init_from was trained
     set_seed(config["seed"])
@@ -154,7 +156,7 @@ def main() -> None:
     eval_sets = load_eval_sets(config)
 
     # ---- train ----------------------------------------------------------------------------------------
-    metrics = MetricsLog(output_dir / METRICS_NAME)
+    metrics = MetricsLog(output_dir / METRICS_NAME, tracker=make_tracker(config, output_dir))
     samples_log = MetricsLog(output_dir / "eval_samples.jsonl")
     clock, step, window_tokens, window_start = RunClock(), 0, 0, time.perf_counter()
     stopped_by_time = False

@@ -198,11 +198,13 @@ class MetricsLog:
 
     Always valid JSON: a NaN or infinite number is written as the string "nan", "inf" or "-inf" (which
     Python's float() reads back). The file is created by the first record, so a run that fails before it logs
-    anything leaves nothing that would block the same command."""
+    anything leaves nothing that would block the same command. `tracker` (mathrl/tracking.py, config key
+    `report_to`) receives every record too."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, tracker=None):
         self.path = Path(path)
         self._file = None
+        self.tracker = tracker
 
     def log(self, record: dict) -> None:
         # Full float precision: a KL of 1e-7 between identical models is a bug to see, not to round away.
@@ -213,10 +215,14 @@ class MetricsLog:
             self._file.flush()
         except OSError as err:
             raise write_error(err, self.path) from None
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def json_number(value):
