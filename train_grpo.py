@@ -32,7 +32,6 @@ How this departs from the paper's reference code:
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -51,6 +50,7 @@ from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
+from mathrl.lora import apply_lora, check_lora, reference_model
 from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
                                gather_logprobs, group_advantages, grpo_loss, loss_mask, token_entropy,
@@ -82,7 +82,8 @@ class GRPOSetup:
     accelerator: Accelerator
     model: torch.nn.Module              # the policy as accelerate prepared it (forward, backward, clipping)
     unwrapped: torch.nn.Module          # the same policy unwrapped (generation, evaluation, saving)
-    reference: torch.nn.Module | None   # frozen copy of the starting policy; None when kl_coeff is 0
+    reference: object | None            # frozen starting policy (a copy, or with LoRA the policy with its adapters
+                                        # disabled: mathrl/lora.py); None when kl_coeff is 0
     tokenizer: object
     reward_model: MathRewardModel
     batches: Iterator[list[dict]]       # endless seeded stream of prompt batches
@@ -175,10 +176,9 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     cosine schedule, prepared by accelerate."""
     accelerator = make_accelerator(config)
     model, tokenizer = load_model_and_tokenizer(init_from, config)
-    reference = None
-    if config["kl_coeff"] > 0:
-        reference = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
     apply_memory_options(model, config)
+    model = apply_lora(model, config)
+    reference = reference_model(model, accelerator.device) if config["kl_coeff"] > 0 else None
     train_examples = load_jsonl(config["train_file"])
     if len(train_examples) < config["batch_size"]:
         raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
@@ -199,6 +199,7 @@ def main() -> None:
     args, config = parse_args("grpo", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     validate(config)
     check_report_to(config)
+    check_lora(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)
     set_seed(config["seed"])

@@ -48,6 +48,7 @@ from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
+from mathrl.lora import apply_lora, check_lora
 from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import sft_labels
 from mathrl.prompts import encode_example
@@ -100,6 +101,7 @@ def setup(config: dict, init_from: str) -> SFTSetup:
     accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
     model, tokenizer = load_model_and_tokenizer(init_from, config)
     apply_memory_options(model, config)
+    model = apply_lora(model, config)
     train_examples = load_jsonl(config["train_file"])
     check_train_examples(tokenizer, train_examples, config)
     train_loader = build_train_loader(train_examples, tokenizer, config)
@@ -145,6 +147,7 @@ def main() -> None:
     if config["max_steps"] <= 0:
         require_positive(config, "num_epochs")
     check_report_to(config)
+    check_lora(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)  # prompt as init_from was trained
     set_seed(config["seed"])

@@ -26,6 +26,7 @@ import torch
 
 from mathrl.config import save_config
 from mathrl.errors import UserError
+from mathrl.lora import save_model
 
 TRAINING_STATE_NAME = "training_state.pt"
 SUMMARY_NAME = "summary.json"
@@ -125,7 +126,7 @@ def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
     tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
+        save_model(model, tmp)  # a LoRA model: merged, with its adapters beside (mathrl/lora.py)
         tokenizer.save_pretrained(tmp)
         save_config(config, tmp)
         if training_state is not None:

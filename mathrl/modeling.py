@@ -180,5 +180,8 @@ def make_accelerator(config: dict, gradient_accumulation_steps: int = 1) -> Acce
 
 def make_optimizer(model, config: dict) -> torch.optim.AdamW:
     """AdamW as both trainers use it (betas, weight decay and learning rate from the config)."""
-    return torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"],
+    # Only what trains (with LoRA: the adapters); the same parameters, in the same order, as model.parameters()
+    # for full fine-tuning.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=config["learning_rate"], weight_decay=config["weight_decay"],
                              betas=(config["adam_beta1"], config["adam_beta2"]))
