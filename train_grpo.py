@@ -48,6 +48,7 @@ from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
+from mathrl.dynamic_sampling import CountedStream, mixed_groups, stack_rows
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
 from mathrl.lora import apply_lora, check_lora, reference_model
@@ -86,7 +87,7 @@ class GRPOSetup:
                                         # disabled: mathrl/lora.py); None when kl_coeff is 0
     tokenizer: object
     reward_model: MathRewardModel
-    batches: Iterator[list[dict]]       # endless seeded stream of prompt batches
+    batches: Iterator[list[dict]]       # endless seeded stream of prompt batches (a CountedStream in setup)
     gen_config: GenerationConfig
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -102,7 +103,7 @@ class StepResult:
 
 def validate(config: dict) -> None:
     require_positive(config, "batch_size", "max_prompt_length", "max_completion_length", "num_train_steps",
-                     "log_every", "eval_every", "temperature")
+                     "log_every", "eval_every", "temperature", "max_generation_rounds")
     choices = {"advantage_mode": ADVANTAGE_MODES, "loss_type": LOSS_TYPES, "kl_estimator": KL_ESTIMATORS,
                "loss_aggregation": AGGREGATIONS}
     for key, valid in choices.items():
@@ -183,7 +184,7 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     if len(train_examples) < config["batch_size"]:
         raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
     check_train_examples(tokenizer, train_examples, config)
-    batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
+    batches = CountedStream(prompt_batches(train_examples, config["batch_size"], config["seed"]))
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
                                    config["top_p"], config["generation_cache"])
     total_updates = config["num_train_steps"] * config["num_iterations"]
@@ -248,7 +249,7 @@ def main() -> None:
         if not last:  # the last step is saved as final/
             stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
             save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
-                          step, batches_drawn=step, always=stopping)
+                          step, batches_drawn=run.batches.drawn, always=stopping)
             if stopping:
                 stop.exit(output_dir / f"step_{step}")
         if last:
@@ -259,7 +260,61 @@ def main() -> None:
     metrics.close()
     samples_log.close()
     save_final(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock, step=step,
-               batches_drawn=step, accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
+               batches_drawn=run.batches.drawn, accuracy=accuracy, init_from=init_from,
+               stopped_by_time=stopped_by_time)
+
+
+def sample_groups(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer):
+    """Generate and score the step's groups: (rollout, scored, the examples of its groups, sampling stats).
+
+    Without dynamic sampling: the batch's groups. With it (mathrl/dynamic_sampling.py): draw further batches from
+    run.batches until batch_size groups with mixed rewards are found or max_generation_rounds generate calls were
+    made; train on the first batch_size mixed groups (all of the last round's groups when none was mixed)."""
+    group_size = config["group_size"]
+    rounds = []  # (rollout, scored, batch, mixed [B]) per generate call
+    while True:
+        with timer.phase("generation"):
+            rollout = generate_rollout(run.unwrapped, run.tokenizer, batch, config, run.gen_config)
+        with timer.phase("reward"):
+            scored = score(rollout, batch, run.reward_model, group_size)
+        mixed = mixed_groups(scored["total"], group_size)  # [B]
+        rounds.append((rollout, scored, batch, mixed))
+        found = sum(int(m.sum()) for *_, m in rounds)
+        if (not config["dynamic_sampling"] or found >= config["batch_size"]
+                or len(rounds) >= config["max_generation_rounds"]):
+            break
+        batch = next(run.batches)
+    stats = {"generation_rounds": len(rounds), "groups_drawn": sum(len(b) for _, _, b, _ in rounds),
+             "groups_dropped": 0}
+    if len(rounds) == 1 and (not config["dynamic_sampling"] or found == 0):
+        return rollout, scored, batch, stats  # the batch as drawn
+    if found == 0:  # no mixed group within the cap: the last round's groups (KL only, no policy gradient)
+        candidates = [(rollout, scored, batch, list(range(len(batch))))]
+    else:  # the mixed groups of each round, in the order drawn
+        candidates = [(r, s, b, m.nonzero().squeeze(1).tolist()) for r, s, b, m in rounds]
+    chosen, left = [], config["batch_size"]
+    for r, s, b, groups in candidates:
+        chosen.append((r, s, b, groups[:left]))
+        left -= len(chosen[-1][3])
+    stats["groups_dropped"] = stats["groups_drawn"] - sum(len(groups) for *_, groups in chosen)
+    return (*merge_groups(chosen, group_size, run.tokenizer.pad_token_id), stats)
+
+
+def merge_groups(chosen: list, group_size: int, pad_id: int) -> tuple[Rollout, dict, list[dict]]:
+    """One rollout, its scores and its examples from the chosen groups [(rollout, scored, batch, group indices)]."""
+    parts, totals, terms, correct, texts, examples = [], [], {}, [], [], []
+    for rollout, scored, batch, groups in chosen:
+        rows = [g * group_size + i for g in groups for i in range(group_size)]
+        parts.append((rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, rollout.mask[rows]))
+        totals.append(scored["total"][rows])
+        for name, values in scored["terms"].items():
+            terms.setdefault(name, []).extend(values[i] for i in rows)
+        correct += [scored["correct"][i] for i in rows]
+        texts += [rollout.texts[i] for i in rows]
+        examples += [batch[g] for g in groups]
+    sequences, attention_mask, width, mask = stack_rows(parts, pad_id)
+    scored = {"total": torch.cat(totals), "terms": terms, "correct": correct}
+    return Rollout(sequences, attention_mask, width, mask, texts), scored, examples
 
 
 def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer | None = None) -> StepResult:
@@ -267,10 +322,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
     holds the step's phase times afterwards: generation, reward, ref_forward, policy_forward, backward, optimizer."""
     timer = timer or PhaseTimer()
     timer.reset()
-    with timer.phase("generation"):
-        rollout = generate_rollout(run.unwrapped, run.tokenizer, batch, config, run.gen_config)
-    with timer.phase("reward"):
-        scored = score(rollout, batch, run.reward_model, config["group_size"])
+    rollout, scored, batch, sampling_stats = sample_groups(run, batch, config, timer)
     rewards = scored["total"].to(rollout.sequences.device)  # [N]
     advantages = group_advantages(rewards, config["group_size"], config["advantage_mode"])  # [N]
     ref_logp = None
@@ -278,7 +330,8 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         with torch.no_grad(), timer.phase("ref_forward"):
             ref_logp = sequence_logprobs(run.reference, rollout, config["temperature"])  # [N, L]
 
-    truncated = truncated_rows(rollout.sequences[:, rollout.prompt_width:], run.tokenizer.eos_token_id)  # [N]
+    truncated = truncated_rows(rollout.sequences[:, rollout.prompt_width:], rollout.mask,
+                               run.tokenizer.eos_token_id)  # [N]
     trained = loss_mask(rollout.mask, truncated, config["mask_truncated_completions"])  # [N, L]
     old_logp, loss_stats, grad_norm, entropy = None, {}, 0.0, None
     lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
@@ -320,6 +373,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "truncated_fraction": truncated.float().mean().item(),
         "masked_truncated_completions": int(truncated.sum()) if config["mask_truncated_completions"] else 0,
         "entropy": entropy.item(),
+        **sampling_stats,
         "grad_norm": grad_norm,
         "lr": lr,
         "generation_seconds": generation_seconds,

@@ -162,8 +162,9 @@ def load_model_and_tokenizer(name_or_path: str, config: dict):
 def apply_memory_options(model, config: dict) -> None:
     """Config key `gradient_checkpointing`: keep only each decoder layer's input during the forward pass and
     recompute the rest in the backward pass (transformers' activation_checkpointing_enable, the name 5.24 gave
-    gradient_checkpointing_enable; non-reentrant, the form torch recommends). Same loss and gradients, less activation memory, about one more forward of compute. The
-    shared-prefix fast paths fall back to their plain forms under it (fast_paths.cache_is_dropped)."""
+    gradient_checkpointing_enable; non-reentrant, the form torch recommends). Same loss and gradients, less
+    activation memory, about one more forward of compute. The shared-prefix fast paths fall back to their plain
+    forms under it (fast_paths.cache_is_dropped)."""
     if config["gradient_checkpointing"]:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 

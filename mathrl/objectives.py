@@ -177,9 +177,11 @@ def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:
     return (eos_before == 0).float()  # [B, L]
 
 
-def truncated_rows(completion_ids: Tensor, eos_token_id: int) -> Tensor:
-    """True for each completion that never produced EOS (cut off by max_completion_length); [B, L] -> [B] bool."""
-    return ~(completion_ids == eos_token_id).any(dim=1)  # [B]
+def truncated_rows(completion_ids: Tensor, mask: Tensor, eos_token_id: int) -> Tensor:
+    """True for each completion that never produced EOS (cut off by max_completion_length); completion_ids and its
+    completion_mask [B, L] -> [B] bool. Only kept tokens count: padding added after a row (even when the pad token
+    is EOS) does not end it."""
+    return ~((completion_ids == eos_token_id) & (mask > 0)).any(dim=1)  # [B]
 
 
 def loss_mask(mask: Tensor, truncated: Tensor, mask_truncated: bool) -> Tensor:

@@ -34,7 +34,8 @@ def data_args(tmp: Path) -> list[str]:
     for name in ("train", "eval", "ood"):
         lines = (REPO_ROOT / "data" / f"tiny_{name}.jsonl").read_text().splitlines()[:8]
         (tmp / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return ["--train_file", tmp / "train.jsonl", "--eval_file", tmp / "eval.jsonl", "--ood_eval_file", tmp / "ood.jsonl"]
+    return ["--train_file", tmp / "train.jsonl", "--eval_file", tmp / "eval.jsonl",
+            "--ood_eval_file", tmp / "ood.jsonl"]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

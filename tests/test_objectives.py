@@ -443,9 +443,13 @@ def test_token_entropy_by_hand():
 def test_truncated_rows_and_loss_mask():
     eos = 9
     completions = torch.tensor([[4, 9, 9], [4, 5, 6], [9, 9, 9]])  # [B, L]; row 1 never ends
-    truncated = truncated_rows(completions, eos)
-    assert truncated.tolist() == [False, True, False]
     mask = completion_mask(completions, eos)  # [B, L]
+    truncated = truncated_rows(completions, mask, eos)
+    assert truncated.tolist() == [False, True, False]
+    # Row 1 right-padded with a pad token that is EOS (rows of two generate calls stacked): still truncated.
+    padded = torch.cat([completions, torch.full((3, 1), eos)], dim=1)  # [B, L+1]
+    padded_mask = torch.cat([mask, torch.zeros(3, 1)], dim=1)  # [B, L+1]
+    assert truncated_rows(padded, padded_mask, eos).tolist() == [False, True, False]
     assert torch.equal(loss_mask(mask, truncated, False), mask)
     assert loss_mask(mask, truncated, True).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
 
@@ -459,7 +463,8 @@ def test_masked_truncated_completions_get_exactly_zero_gradient(aggregation, los
     torch.manual_seed(0)
     base = -torch.rand(3, 4) * 3  # [B, L]
     completions = torch.tensor([[4, 5, 9, 9], [4, 5, 6, 7], [4, 9, 9, 9]])  # row 1 truncated
-    mask = loss_mask(completion_mask(completions, 9), truncated_rows(completions, 9), True)  # [B, L]
+    kept = completion_mask(completions, 9)  # [B, L]
+    mask = loss_mask(kept, truncated_rows(completions, kept, 9), True)  # [B, L]
     adv = torch.tensor([0.5, 2.0, -1.0])  # [B]
     ref = base - 0.3  # [B, L]
     logp = base.clone().requires_grad_(True)

@@ -39,7 +39,8 @@ def data_args(tmp: Path) -> list[str]:
             for name in ("train", "eval", "ood")}
     for name, lines in rows.items():
         (tmp / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return ["--train_file", tmp / "train.jsonl", "--eval_file", tmp / "eval.jsonl", "--ood_eval_file", tmp / "ood.jsonl"]
+    return ["--train_file", tmp / "train.jsonl", "--eval_file", tmp / "eval.jsonl",
+            "--ood_eval_file", tmp / "ood.jsonl"]
 
 
 RUNS = {
