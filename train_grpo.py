@@ -25,7 +25,8 @@ How this departs from the paper's reference code:
   that sampled the completions.
 - The paper's loss is -A * (sequence log-prob) + kl_coeff * squared log-ratio, applied per token here
   (see mathrl/objectives.py); `loss_type clipped`, `advantage_mode grpo|dr_grpo`, `kl_estimator k3` and the
-  aggregation choices give DeepSeekMath GRPO, Dr. GRPO and DAPO-style variants from the same code.
+  aggregation choices give DeepSeekMath GRPO, Dr. GRPO and DAPO-style variants from the same code;
+  `dynamic_sampling` and `mask_truncated_completions` add DAPO's dynamic sampling and overlong filtering.
 - The paper's `gamma` (discount) is left out: an episode is a single completion, so it would have no effect.
 """
 
@@ -46,9 +47,9 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
+from mathrl.dynamic_sampling import CountedStream, mixed_groups, stack_rows
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
-from mathrl.dynamic_sampling import CountedStream, mixed_groups, stack_rows
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
 from mathrl.lora import apply_lora, check_lora, reference_model
