@@ -47,7 +47,7 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
-from mathrl.dynamic_sampling import CountedStream, mixed_groups, stack_rows
+from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
@@ -270,7 +270,7 @@ def sample_groups(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseT
 
     Without dynamic sampling: the batch's groups. With it (mathrl/dynamic_sampling.py): draw further batches from
     run.batches until batch_size groups with mixed rewards are found or max_generation_rounds generate calls were
-    made; train on the first batch_size mixed groups (all of the last round's groups when none was mixed)."""
+    made; train on the groups `choose_groups` picks."""
     group_size = config["group_size"]
     rounds = []  # (rollout, scored, batch, mixed [B]) per generate call
     while True:
@@ -286,18 +286,12 @@ def sample_groups(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseT
             break
         batch = next(run.batches)
     stats = {"generation_rounds": len(rounds), "groups_drawn": sum(len(b) for _, _, b, _ in rounds),
-             "groups_dropped": 0}
+             "groups_dropped": 0, "groups_unused": 0}
     if len(rounds) == 1 and (not config["dynamic_sampling"] or found == 0):
         return rollout, scored, batch, stats  # the batch as drawn
-    if found == 0:  # no mixed group within the cap: the last round's groups (KL only, no policy gradient)
-        candidates = [(rollout, scored, batch, list(range(len(batch))))]
-    else:  # the mixed groups of each round, in the order drawn
-        candidates = [(r, s, b, m.nonzero().squeeze(1).tolist()) for r, s, b, m in rounds]
-    chosen, left = [], config["batch_size"]
-    for r, s, b, groups in candidates:
-        chosen.append((r, s, b, groups[:left]))
-        left -= len(chosen[-1][3])
-    stats["groups_dropped"] = stats["groups_drawn"] - sum(len(groups) for *_, groups in chosen)
+    groups, stats["groups_dropped"], stats["groups_unused"] = choose_groups([m for *_, m in rounds],
+                                                                           config["batch_size"])
+    chosen = [(r, s, b, g) for (r, s, b, _), g in zip(rounds, groups) if g]
     return (*merge_groups(chosen, group_size, run.tokenizer.pad_token_id), stats)
 
 

@@ -35,6 +35,24 @@ def mixed_groups(rewards: Tensor, group_size: int) -> Tensor:
     return grouped.max(dim=1).values != grouped.min(dim=1).values  # [B]
 
 
+def choose_groups(mixed: list[Tensor], batch_size: int) -> tuple[list[list[int]], int, int]:
+    """Which groups of each generation round a step trains on: the first batch_size groups with mixed rewards, in
+    the order drawn; when no round had one, all of the last round's groups (KL only: their advantages are 0).
+
+    mixed: per round, [B_i] bool from `mixed_groups`. Returns (group indices per round, dropped: equal-reward groups
+    left out, unused: mixed groups beyond batch_size)."""
+    if not any(bool(m.any()) for m in mixed):
+        return [[] for _ in mixed[:-1]] + [list(range(len(mixed[-1])))], sum(len(m) for m in mixed[:-1]), 0
+    chosen, left, unused = [], batch_size, 0
+    for m in mixed:
+        groups = m.nonzero().squeeze(1).tolist()
+        chosen.append(groups[:left])
+        unused += len(groups[left:])
+        left -= len(chosen[-1])
+    dropped = sum(int((~m).sum()) for m in mixed)
+    return chosen, dropped, unused
+
+
 def stack_rows(parts: list[tuple[Tensor, Tensor, int, Tensor]], pad_id: int) -> tuple[Tensor, Tensor, int, Tensor]:
     """Rows of several rollouts as one: each part is (sequences [N_i, P_i+L_i], attention_mask [N_i, P_i+L_i], P_i,
     completion mask [N_i, L_i]). Prompts are left-padded to the widest P and completions right-padded to the

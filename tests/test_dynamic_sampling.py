@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, set_seed
 import train_grpo
 from conftest import MICRO_OVERRIDES, REPO_ROOT, TINY_CONFIG
 from mathrl.config import resolve_config
-from mathrl.dynamic_sampling import CountedStream, mixed_groups, stack_rows
+from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
 from mathrl.generation import generation_config
 from mathrl.modeling import builtin_model_dir, load_model_and_tokenizer
 
@@ -24,6 +24,17 @@ def test_mixed_groups_by_hand():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5])  # groups of 2: equal, mixed, equal
     assert mixed_groups(rewards, 2).tolist() == [False, True, False]
     assert mixed_groups(rewards, 3).tolist() == [True, True]
+
+
+def test_choose_groups_by_hand():
+    T, F = True, False
+    # Round 0: groups 0 and 2 mixed; round 1: groups 1 and 2 mixed; batch_size 3 takes 0, 2 and then 1 of round 1.
+    chosen, dropped, unused = choose_groups([torch.tensor([T, F, T]), torch.tensor([F, T, T])], 3)
+    assert chosen == [[0, 2], [1]] and dropped == 2 and unused == 1
+    # Enough in the first round: later rounds (none here) are not needed; the equal group is dropped.
+    assert choose_groups([torch.tensor([T, T, F, T])], 2) == ([[0, 1]], 1, 1)
+    # No mixed group within the cap: the last round trains as a whole, the earlier rounds are dropped.
+    assert choose_groups([torch.tensor([F, F]), torch.tensor([F, F])], 2) == ([[], [0, 1]], 2, 0)
 
 
 def test_counted_stream_counts_draws():
@@ -89,7 +100,8 @@ def test_dynamic_sampling_trains_only_mixed_groups():
     assert run.batches.drawn == metrics["generation_rounds"]
     assert metrics["groups_drawn"] == 2 * metrics["generation_rounds"]
     assert metrics["generation_rounds"] < 30, "the cap was reached: fewer than batch_size mixed groups"
-    assert metrics["groups_dropped"] == metrics["groups_drawn"] - 2  # the two mixed groups are trained
+    # The two mixed groups are trained; of the others, the equal-reward ones are dropped, the rest unused.
+    assert metrics["groups_dropped"] + metrics["groups_unused"] == metrics["groups_drawn"] - 2
     assert metrics["zero_std_group_fraction"] == 0.0
 
 
