@@ -99,3 +99,47 @@ def test_unknown_tracker_is_a_one_line_error_before_any_output(tmp_path, in_proc
                                         "--report_to", "mlflow", "--output_dir", out)
     assert_user_error(code, stderr, 'report_to "mlflow"', "none, tensorboard, trackio, wandb")
     assert not out.exists()
+
+
+class FakeRunModule:
+    """Stands in for the wandb / trackio module: records init, log and finish calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+
+    def log(self, metrics, step):
+        self.calls.append(("log", metrics, step))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "trackio"])
+def test_run_trackers_get_metrics_jsonl_names_and_steps(tmp_path, monkeypatch, tracker):
+    import socket
+    import sys
+
+    from mathrl.checkpoint import MetricsLog
+    from mathrl.tracking import make_tracker
+
+    fake = FakeRunModule()
+    monkeypatch.setitem(sys.modules, tracker, fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    config = {"report_to": tracker, "learning_rate": 1e-3}
+    log = MetricsLog(tmp_path / "metrics.jsonl", tracker=make_tracker(config, tmp_path))
+    log.log({"step": 1, "loss": 0.5, "eval_set": "eval"})
+    log.log({"step": 2, "eval_accuracy": 0.25})
+    log.close()
+    init = fake.calls[0][1]
+    assert init["project"] == "mathrl" and init["config"] == config and init["name"] == str(tmp_path)
+    if tracker == "wandb":
+        assert init["mode"] == "offline" and init["dir"] == str(tmp_path)  # no network: offline files
+    assert fake.calls[1:] == [("log", {"loss": 0.5}, 1), ("log", {"eval_accuracy": 0.25}, 2), ("finish",)]
