@@ -2,7 +2,7 @@
 
 metrics.jsonl is always written and stays the record of a run; a tracker receives every record logged to it (train
 steps and evaluations alike) under the same names, at the record's `step`, numbers only. Each tracker is an
-optional dependency, imported only when `report_to` names it (pip install -r requirements-optional.txt).
+optional dependency, imported only when `report_to` names it (tensorboard is in requirements-optional.txt).
 
     none          nothing but metrics.jsonl
     tensorboard   event files under OUTPUT_DIR/runs/ (`tensorboard --logdir OUTPUT_DIR/runs`)
@@ -37,8 +37,7 @@ def _require(package: str, tracker: str):
     try:
         return __import__(package)
     except ImportError:
-        raise UserError(f"report_to {tracker} needs the {package} package: pip install {package} "
-                        f"(or pip install -r requirements-optional.txt)") from None
+        raise UserError(f"report_to {tracker} needs the {package} package: pip install {package}") from None
 
 
 class TensorBoardTracker:
