@@ -286,7 +286,8 @@ def sample_groups(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseT
             break
         batch = next(run.batches)
     stats = {"generation_rounds": len(rounds), "groups_drawn": sum(len(b) for _, _, b, _ in rounds),
-             "groups_dropped": 0, "groups_unused": 0}
+             "groups_dropped": 0, "groups_unused": 0,
+             "generated_tokens": sum(int(r.mask.sum()) for r, *_ in rounds)}  # every round's, EOS included
     if len(rounds) == 1 and (not config["dynamic_sampling"] or found == 0):
         return rollout, scored, batch, stats  # the batch as drawn
     groups, stats["groups_dropped"], stats["groups_unused"] = choose_groups([m for *_, m in rounds],
@@ -351,7 +352,6 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
 
     lengths = rollout.mask.sum(dim=1)  # [N]
     grouped = rewards.view(-1, config["group_size"])  # [B, G]
-    num_generated = int(lengths.sum())
     generation_seconds = timer.seconds["generation"]
     metrics = {
         "reward_mean": rewards.mean().item(),
@@ -372,7 +372,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "grad_norm": grad_norm,
         "lr": lr,
         "generation_seconds": generation_seconds,
-        "generated_tokens_per_s": num_generated / max(generation_seconds, 1e-9),
+        "generated_tokens_per_s": sampling_stats["generated_tokens"] / max(generation_seconds, 1e-9),
     }
     samples = [{"prompt": batch[i // config["group_size"]]["prompt"], "completion": rollout.texts[i],
                 "reward": rewards[i].item(), "advantage": advantages[i].item()}

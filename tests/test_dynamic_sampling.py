@@ -103,6 +103,8 @@ def test_dynamic_sampling_trains_only_mixed_groups():
     # The two mixed groups are trained; of the others, the equal-reward ones are dropped, the rest unused.
     assert metrics["groups_dropped"] + metrics["groups_unused"] == metrics["groups_drawn"] - 2
     assert metrics["zero_std_group_fraction"] == 0.0
+    # Generation speed counts every round's tokens: the 4 trained rows' and at least 1 token of 4 more rows.
+    assert metrics["generated_tokens"] >= round(metrics["completion_length_mean"] * 4) + 4
 
 
 def test_dynamic_sampling_resume_is_exact(tmp_path, in_process_runner):

@@ -64,7 +64,7 @@ DOCUMENTED_KEYS = (
     "advantage_std", "zero_std_group_fraction", "kl", "loss", "completion_length_mean", "completion_length_max",
     "truncated_fraction", "grad_norm", "lr", "step_seconds", "generation_share", "generated_tokens_per_s",
     "entropy", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "masked_truncated_completions",
-    "generation_rounds", "groups_drawn", "groups_dropped", "groups_unused",
+    "generation_rounds", "groups_drawn", "groups_dropped", "groups_unused", "generated_tokens",
 )
 # Wall-clock measurements: the only metrics allowed to differ between two identical runs.
 TIMING_KEYS = {"step_seconds", "elapsed_s", "generation_seconds", "generation_share", "generated_tokens_per_s",
