@@ -25,14 +25,14 @@ How this departs from the paper's reference code:
   that sampled the completions.
 - The paper's loss is -A * (sequence log-prob) + kl_coeff * squared log-ratio, applied per token here
   (see mathrl/objectives.py); `loss_type clipped`, `advantage_mode grpo|dr_grpo`, `kl_estimator k3` and the
-  aggregation choices give DeepSeekMath GRPO, Dr. GRPO and DAPO-style variants from the same code.
+  aggregation choices give DeepSeekMath GRPO, Dr. GRPO and DAPO-style variants from the same code;
+  `dynamic_sampling` and `mask_truncated_completions` add DAPO's dynamic sampling and overlong filtering.
 - The paper's `gamma` (discount) is left out: an episode is a single completion, so it would have no effect.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -47,18 +47,22 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
+from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
-from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.lora import apply_lora, check_lora, reference_model
+from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
-                               gather_logprobs, group_advantages, grpo_loss)
+                               gather_logprobs, group_advantages, grpo_loss, loss_mask, token_entropy,
+                               truncated_rows)
 from mathrl.prompts import prompt_ids
 from mathrl.resume import (StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run,
                            sampling_guard, skip)
 from mathrl.rewards import MathRewardModel
 from mathrl.timing import PhaseTimer
+from mathrl.tracking import check_report_to, make_tracker
 from mathrl.validation import check_train_examples
 
 NUM_SAMPLES_LOGGED = 4
@@ -80,10 +84,11 @@ class GRPOSetup:
     accelerator: Accelerator
     model: torch.nn.Module              # the policy as accelerate prepared it (forward, backward, clipping)
     unwrapped: torch.nn.Module          # the same policy unwrapped (generation, evaluation, saving)
-    reference: torch.nn.Module | None   # frozen copy of the starting policy; None when kl_coeff is 0
+    reference: object | None            # frozen starting policy (a copy, or with LoRA the policy with its adapters
+                                        # disabled: mathrl/lora.py); None when kl_coeff is 0
     tokenizer: object
     reward_model: MathRewardModel
-    batches: Iterator[list[dict]]       # endless seeded stream of prompt batches
+    batches: Iterator[list[dict]]       # endless seeded stream of prompt batches (a CountedStream in setup)
     gen_config: GenerationConfig
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -99,7 +104,7 @@ class StepResult:
 
 def validate(config: dict) -> None:
     require_positive(config, "batch_size", "max_prompt_length", "max_completion_length", "num_train_steps",
-                     "log_every", "eval_every", "temperature")
+                     "log_every", "eval_every", "temperature", "max_generation_rounds")
     choices = {"advantage_mode": ADVANTAGE_MODES, "loss_type": LOSS_TYPES, "kl_estimator": KL_ESTIMATORS,
                "loss_aggregation": AGGREGATIONS}
     for key, valid in choices.items():
@@ -143,9 +148,11 @@ def generate_rollout(model, tokenizer, batch: list[dict], config: dict, gen_conf
     return Rollout(sequences, attention_mask, width, mask, texts)
 
 
-def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
+def sequence_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
     """Per-token log-probs [N, L] of the completion tokens under `model`, as the sampler saw them (logits divided
     by the sampling temperature). The logits equal objectives.completion_logits; each prompt runs once per group.
+    with_entropy: also the policy's mean token entropy over the completion (objectives.token_entropy), from the
+    same logits (no second forward): (logp [N, L], entropy scalar).
 
     Logits are cast to fp32 before the temperature division for every model: under bf16 autocast only the
     accelerator-prepared policy returns fp32 logits, and dividing the reference's bf16 logits would round only
@@ -153,7 +160,9 @@ def sequence_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tens
     """
     logits = shared_prompt_completion_logits(model, rollout.sequences, rollout.attention_mask,
                                              rollout.prompt_width)  # [N, L, V]
-    return gather_logprobs(logits.float() / temperature, rollout.sequences[:, rollout.prompt_width:])  # [N, L]
+    logits = logits.float() / temperature  # [N, L, V]
+    logp = gather_logprobs(logits, rollout.sequences[:, rollout.prompt_width:])  # [N, L]
+    return (logp, token_entropy(logits, rollout.mask)) if with_entropy else logp
 
 
 def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, group_size: int) -> dict:
@@ -169,14 +178,14 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     cosine schedule, prepared by accelerate."""
     accelerator = make_accelerator(config)
     model, tokenizer = load_model_and_tokenizer(init_from, config)
-    reference = None
-    if config["kl_coeff"] > 0:
-        reference = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    apply_memory_options(model, config)
+    model = apply_lora(model, config)
+    reference = reference_model(model, accelerator.device) if config["kl_coeff"] > 0 else None
     train_examples = load_jsonl(config["train_file"])
     if len(train_examples) < config["batch_size"]:
         raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
     check_train_examples(tokenizer, train_examples, config)
-    batches = prompt_batches(train_examples, config["batch_size"], config["seed"])
+    batches = CountedStream(prompt_batches(train_examples, config["batch_size"], config["seed"]))
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
                                    config["top_p"], config["generation_cache"])
     total_updates = config["num_train_steps"] * config["num_iterations"]
@@ -191,6 +200,8 @@ def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
     args, config = parse_args("grpo", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     validate(config)
+    check_report_to(config)
+    check_lora(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)
     set_seed(config["seed"])
@@ -202,7 +213,7 @@ def main() -> None:
     eval_sets = load_eval_sets(config)
 
     # ---- train ----------------------------------------------------------------------------------------
-    metrics = MetricsLog(output_dir / METRICS_NAME)
+    metrics = MetricsLog(output_dir / METRICS_NAME, tracker=make_tracker(config, output_dir))
     samples_log = MetricsLog(output_dir / "samples.jsonl")
     clock, accuracy, first_step, stop = RunClock(), None, 1, StopSignals()
     if resume_from:
@@ -239,7 +250,7 @@ def main() -> None:
         if not last:  # the last step is saved as final/
             stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
             save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
-                          step, batches_drawn=step, always=stopping)
+                          step, batches_drawn=run.batches.drawn, always=stopping)
             if stopping:
                 stop.exit(output_dir / f"step_{step}")
         if last:
@@ -250,7 +261,56 @@ def main() -> None:
     metrics.close()
     samples_log.close()
     save_final(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock, step=step,
-               batches_drawn=step, accuracy=accuracy, init_from=init_from, stopped_by_time=stopped_by_time)
+               batches_drawn=run.batches.drawn, accuracy=accuracy, init_from=init_from,
+               stopped_by_time=stopped_by_time)
+
+
+def sample_groups(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer):
+    """Generate and score the step's groups: (rollout, scored, the examples of its groups, sampling stats).
+
+    Without dynamic sampling: the batch's groups. With it (mathrl/dynamic_sampling.py): draw further batches from
+    run.batches until batch_size groups with mixed rewards are found or max_generation_rounds generate calls were
+    made; train on the groups `choose_groups` picks."""
+    group_size = config["group_size"]
+    rounds = []  # (rollout, scored, batch, mixed [B]) per generate call
+    while True:
+        with timer.phase("generation"):
+            rollout = generate_rollout(run.unwrapped, run.tokenizer, batch, config, run.gen_config)
+        with timer.phase("reward"):
+            scored = score(rollout, batch, run.reward_model, group_size)
+        mixed = mixed_groups(scored["total"], group_size)  # [B]
+        rounds.append((rollout, scored, batch, mixed))
+        found = sum(int(m.sum()) for *_, m in rounds)
+        if (not config["dynamic_sampling"] or found >= config["batch_size"]
+                or len(rounds) >= config["max_generation_rounds"]):
+            break
+        batch = next(run.batches)
+    stats = {"generation_rounds": len(rounds), "groups_drawn": sum(len(b) for _, _, b, _ in rounds),
+             "groups_dropped": 0, "groups_unused": 0,
+             "generated_tokens": sum(int(r.mask.sum()) for r, *_ in rounds)}  # every round's, EOS included
+    if len(rounds) == 1 and (not config["dynamic_sampling"] or found == 0):
+        return rollout, scored, batch, stats  # the batch as drawn
+    groups, stats["groups_dropped"], stats["groups_unused"] = choose_groups([m for *_, m in rounds],
+                                                                           config["batch_size"])
+    chosen = [(r, s, b, g) for (r, s, b, _), g in zip(rounds, groups) if g]
+    return (*merge_groups(chosen, group_size, run.tokenizer.pad_token_id), stats)
+
+
+def merge_groups(chosen: list, group_size: int, pad_id: int) -> tuple[Rollout, dict, list[dict]]:
+    """One rollout, its scores and its examples from the chosen groups [(rollout, scored, batch, group indices)]."""
+    parts, totals, terms, correct, texts, examples = [], [], {}, [], [], []
+    for rollout, scored, batch, groups in chosen:
+        rows = [g * group_size + i for g in groups for i in range(group_size)]
+        parts.append((rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, rollout.mask[rows]))
+        totals.append(scored["total"][rows])
+        for name, values in scored["terms"].items():
+            terms.setdefault(name, []).extend(values[i] for i in rows)
+        correct += [scored["correct"][i] for i in rows]
+        texts += [rollout.texts[i] for i in rows]
+        examples += [batch[g] for g in groups]
+    sequences, attention_mask, width, mask = stack_rows(parts, pad_id)
+    scored = {"total": torch.cat(totals), "terms": terms, "correct": correct}
+    return Rollout(sequences, attention_mask, width, mask, texts), scored, examples
 
 
 def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer | None = None) -> StepResult:
@@ -258,10 +318,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
     holds the step's phase times afterwards: generation, reward, ref_forward, policy_forward, backward, optimizer."""
     timer = timer or PhaseTimer()
     timer.reset()
-    with timer.phase("generation"):
-        rollout = generate_rollout(run.unwrapped, run.tokenizer, batch, config, run.gen_config)
-    with timer.phase("reward"):
-        scored = score(rollout, batch, run.reward_model, config["group_size"])
+    rollout, scored, batch, sampling_stats = sample_groups(run, batch, config, timer)
     rewards = scored["total"].to(rollout.sequences.device)  # [N]
     advantages = group_advantages(rewards, config["group_size"], config["advantage_mode"])  # [N]
     ref_logp = None
@@ -269,15 +326,19 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         with torch.no_grad(), timer.phase("ref_forward"):
             ref_logp = sequence_logprobs(run.reference, rollout, config["temperature"])  # [N, L]
 
-    old_logp, loss_stats, grad_norm = None, {}, 0.0
+    truncated = truncated_rows(rollout.sequences[:, rollout.prompt_width:], rollout.mask,
+                               run.tokenizer.eos_token_id)  # [N]
+    trained = loss_mask(rollout.mask, truncated, config["mask_truncated_completions"])  # [N, L]
+    old_logp, loss_stats, grad_norm, entropy = None, {}, 0.0, None
     lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
     for iteration in range(config["num_iterations"]):
         with timer.phase("policy_forward"):
-            logp = sequence_logprobs(run.model, rollout, config["temperature"])  # [N, L]
+            logp, iteration_entropy = sequence_logprobs(run.model, rollout, config["temperature"], True)  # [N, L]
+        entropy = iteration_entropy if entropy is None else entropy  # the sampling policy's (first update)
         if iteration == 0 and config["num_iterations"] > 1:
             old_logp = logp.detach()  # the policy that sampled: its weights are unchanged until this update
         loss, loss_stats = grpo_loss(
-            logp, ref_logp, old_logp, advantages, rollout.mask, loss_type=config["loss_type"],
+            logp, ref_logp, old_logp, advantages, trained, loss_type=config["loss_type"],
             kl_coeff=config["kl_coeff"], kl_estimator=config["kl_estimator"],
             aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
             max_completion_length=config["max_completion_length"])
@@ -291,8 +352,6 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
 
     lengths = rollout.mask.sum(dim=1)  # [N]
     grouped = rewards.view(-1, config["group_size"])  # [B, G]
-    truncated = ~(rollout.sequences[:, rollout.prompt_width:] == run.tokenizer.eos_token_id).any(dim=1)  # [N]
-    num_generated = int(lengths.sum())
     generation_seconds = timer.seconds["generation"]
     metrics = {
         "reward_mean": rewards.mean().item(),
@@ -307,10 +366,13 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "completion_length_mean": lengths.float().mean().item(),
         "completion_length_max": int(lengths.max()),
         "truncated_fraction": truncated.float().mean().item(),
+        "masked_truncated_completions": int(truncated.sum()) if config["mask_truncated_completions"] else 0,
+        "entropy": entropy.item(),
+        **sampling_stats,
         "grad_norm": grad_norm,
         "lr": lr,
         "generation_seconds": generation_seconds,
-        "generated_tokens_per_s": num_generated / max(generation_seconds, 1e-9),
+        "generated_tokens_per_s": sampling_stats["generated_tokens"] / max(generation_seconds, 1e-9),
     }
     samples = [{"prompt": batch[i // config["group_size"]]["prompt"], "completion": rollout.texts[i],
                 "reward": rewards[i].item(), "advantage": advantages[i].item()}

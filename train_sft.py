@@ -48,10 +48,12 @@ from mathrl.data import load_jsonl
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
-from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.lora import apply_lora, check_lora
+from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import sft_labels
 from mathrl.prompts import encode_example
 from mathrl.resume import Batches, StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run
+from mathrl.tracking import check_report_to, make_tracker
 from mathrl.validation import check_train_examples
 
 NUM_EVAL_SAMPLES_LOGGED = 8
@@ -98,6 +100,8 @@ def setup(config: dict, init_from: str) -> SFTSetup:
     """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate."""
     accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
     model, tokenizer = load_model_and_tokenizer(init_from, config)
+    apply_memory_options(model, config)
+    model = apply_lora(model, config)
     train_examples = load_jsonl(config["train_file"])
     check_train_examples(tokenizer, train_examples, config)
     train_loader = build_train_loader(train_examples, tokenizer, config)
@@ -142,6 +146,8 @@ def main() -> None:
                      "gradient_accumulation_steps", "log_every")
     if config["max_steps"] <= 0:
         require_positive(config, "num_epochs")
+    check_report_to(config)
+    check_lora(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)  # prompt as init_from was trained
     set_seed(config["seed"])
@@ -153,7 +159,7 @@ def main() -> None:
     eval_sets = load_eval_sets(config)
 
     # ---- train ----------------------------------------------------------------------------------------
-    metrics = MetricsLog(output_dir / METRICS_NAME)
+    metrics = MetricsLog(output_dir / METRICS_NAME, tracker=make_tracker(config, output_dir))
     samples_log = MetricsLog(output_dir / "eval_samples.jsonl")
     clock, step, window_tokens, window_start = RunClock(), 0, 0, time.perf_counter()
     stopped_by_time = False

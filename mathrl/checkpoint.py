@@ -26,6 +26,7 @@ import torch
 
 from mathrl.config import save_config
 from mathrl.errors import UserError
+from mathrl.lora import save_model
 
 TRAINING_STATE_NAME = "training_state.pt"
 SUMMARY_NAME = "summary.json"
@@ -125,7 +126,7 @@ def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
     tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
+        save_model(model, tmp)  # a LoRA model: merged, with its adapters beside (mathrl/lora.py)
         tokenizer.save_pretrained(tmp)
         save_config(config, tmp)
         if training_state is not None:
@@ -198,11 +199,13 @@ class MetricsLog:
 
     Always valid JSON: a NaN or infinite number is written as the string "nan", "inf" or "-inf" (which
     Python's float() reads back). The file is created by the first record, so a run that fails before it logs
-    anything leaves nothing that would block the same command."""
+    anything leaves nothing that would block the same command. `tracker` (mathrl/tracking.py, config key
+    `report_to`) receives every record too."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, tracker=None):
         self.path = Path(path)
         self._file = None
+        self.tracker = tracker
 
     def log(self, record: dict) -> None:
         # Full float precision: a KL of 1e-7 between identical models is a bug to see, not to round away.
@@ -213,10 +216,14 @@ class MetricsLog:
             self._file.flush()
         except OSError as err:
             raise write_error(err, self.path) from None
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def json_number(value):

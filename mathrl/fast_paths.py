@@ -19,6 +19,17 @@ from torch import Tensor
 from mathrl.objectives import IGNORE_INDEX, completion_logits, left_padded_positions, sft_loss
 
 
+def cache_is_dropped(model) -> bool:
+    """True when this forward pass cannot carry keys/values from one call to the next: under gradient checkpointing
+    (config key `gradient_checkpointing`) a training-mode layer with gradients on drops `cache` and `use_cache`
+    (transformers' GradientCheckpointingLayer), because the backward replay would write it a second time. The fast
+    paths below would then attend to nothing before their own tokens, so they take their plain forms instead; the
+    checkpointed plain pass still fits the long sequences that checkpointing is for. Generation and the reference
+    model run without gradients and keep their shared prefixes."""
+    module = getattr(model, "module", model)  # a DistributedDataParallel wrapper holds the model in .module
+    return bool(getattr(module, "is_activation_checkpointing", False)) and module.training and torch.is_grad_enabled()
+
+
 def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
     """`objectives.sft_loss(model, batch)` (mean next-token cross entropy over the labelled tokens), computing only
     what it needs.
@@ -32,17 +43,17 @@ def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [B, T]
     # Columns holding a scored label (a label in column 0 is never scored: nothing comes before it).
     labelled = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1) + 1  # [K]
-    if labelled.numel() == 0:
-        return sft_loss(model, batch)  # nothing to score: the plain pass (and its NaN)
+    if labelled.numel() == 0 or cache_is_dropped(model):
+        return sft_loss(model, batch)  # nothing to score: the plain pass (and its NaN); no cache: the plain pass
     first, last = int(labelled[0]), int(labelled[-1])
     # Leading columns that hold one token in every row and whose logits score no label (column t scores t+1).
     same = ((input_ids == input_ids[:1]).all(dim=0) & (attention_mask == 1).all(dim=0))[:first - 1]  # [first-1]
     shared = int(same.long().cumprod(dim=0).sum()) if input_ids.shape[0] > 1 else 0
     past = {}
     if shared:
-        cache = model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1).past_key_values
+        cache = model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1).cache
         cache.batch_repeat_interleave(input_ids.shape[0])  # [1, ...] -> [B, ...]
-        past = {"past_key_values": cache}
+        past = {"cache": cache}
     # Columns shared .. last-1, attending to the shared columns; position ids default to the column index, as in
     # the full pass over right-padded rows. Their logits score the labels of columns shared+1 .. last.
     logits = model(input_ids=input_ids[:, shared:last], attention_mask=attention_mask[:, :last],
@@ -64,36 +75,36 @@ def shared_prompt_completion_logits(model, sequences: Tensor, attention_mask: Te
     num_completion = sequences.shape[1] - width
     prompts = torch.cat([sequences[:, :width], attention_mask[:, :width]], dim=1)  # [N, 2P]
     unique, group = torch.unique_consecutive(prompts, dim=0, return_inverse=True)  # [U, 2P], [N] row -> prompt
-    if unique.shape[0] == prompts.shape[0]:
+    if unique.shape[0] == prompts.shape[0] or cache_is_dropped(model):
         return completion_logits(model, sequences, attention_mask, prompt_width)  # [N, L, V]
 
     # Each prompt once: its keys/values, and the logits at its last token, which score completion token 0.
     prompt_out = model(input_ids=unique[:, :width], attention_mask=unique[:, width:],
                        position_ids=left_padded_positions(unique[:, width:]), logits_to_keep=1, use_cache=True)
-    cache = prompt_out.past_key_values
+    cache = prompt_out.cache
     cache.batch_select_indices(group)  # [U, ...] -> [N, ...]; differentiable, gradients sum over each group
     logits = prompt_out.logits[group]  # [N, 1, V]
     if num_completion > 1:
         # Completion tokens 0 .. L-2 of every row, attending to its prompt's cache: logits scoring tokens 1 .. L-1.
         rest = model(input_ids=sequences[:, width:-1], attention_mask=attention_mask[:, :-1],
-                     position_ids=left_padded_positions(attention_mask)[:, width:-1], past_key_values=cache,
+                     position_ids=left_padded_positions(attention_mask)[:, width:-1], cache=cache,
                      use_cache=True).logits
         logits = torch.cat([logits, rest], dim=1)  # [N, L, V]
     return logits
 
 
 def shared_prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, num_return_sequences: int) -> dict:
-    """generate()'s `past_key_values` for n samples of each left-padded prompt [B, P], each prompt prefilled once.
+    """generate()'s `cache` for n samples of each left-padded prompt [B, P], each prompt prefilled once.
 
     The n samples of a prompt share it: run each prompt (all but its last token) once and copy its keys/values to
     the n rows, instead of letting generate() prefill the same prompt n times. generate() then starts from the last
     prompt token, with the same positions and sampling as without the cache. {} for one-token prompts.
     """
-    if input_ids.shape[1] <= 1:
+    if input_ids.shape[1] <= 1 or cache_is_dropped(model):
         return {}
     prefix_mask = attention_mask[:, :-1]  # [B, P-1]
     prefix = model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
                    position_ids=left_padded_positions(prefix_mask), use_cache=True,
-                   logits_to_keep=1).past_key_values
+                   logits_to_keep=1).cache
     prefix.batch_repeat_interleave(num_return_sequences)  # [B*n, ...]
-    return {"past_key_values": prefix}
+    return {"cache": prefix}

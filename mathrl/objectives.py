@@ -177,6 +177,35 @@ def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:
     return (eos_before == 0).float()  # [B, L]
 
 
+def truncated_rows(completion_ids: Tensor, mask: Tensor, eos_token_id: int) -> Tensor:
+    """True for each completion that never produced EOS (cut off by max_completion_length); completion_ids and its
+    completion_mask [B, L] -> [B] bool. Only kept tokens count: padding added after a row (even when the pad token
+    is EOS) does not end it."""
+    return ~((completion_ids == eos_token_id) & (mask > 0)).any(dim=1)  # [B]
+
+
+def loss_mask(mask: Tensor, truncated: Tensor, mask_truncated: bool) -> Tensor:
+    """The tokens the loss sees: `mask` [B, L], with the rows of truncated completions [B] zeroed when
+    mask_truncated (DAPO's overlong filtering: a cut-off completion's reward says nothing about how it would have
+    ended, so it gets no gradient). [B, L] float."""
+    if not mask_truncated:
+        return mask
+    return mask * (~truncated).to(mask.dtype).unsqueeze(1)  # [B, L]
+
+
+def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """Mean entropy of the next-token distributions over the kept tokens: 1/K sum_t -sum_v p_tv log p_tv.
+
+    logits [B, L, V] (already divided by the sampling temperature: the policy that sampled), mask [B, L] -> scalar
+    (0.0 when no token is kept). A monitoring statistic: computed without gradient, in fp32.
+    """
+    with torch.no_grad():
+        logp = torch.log_softmax(logits.detach().float(), dim=-1)  # [B, L, V]
+        per_token = -(logp.exp() * logp).sum(dim=-1)  # [B, L]; 0 * -inf never occurs: log_softmax is finite
+        keep = mask > 0  # [B, L]
+        return torch.where(keep, per_token, torch.zeros_like(per_token)).sum() / keep.sum().clamp(min=1)
+
+
 # ----------------------------------------------------------------------------- KL and aggregation
 
 
@@ -253,7 +282,8 @@ def grpo_loss(
       "clipped": per token  -min(r * A, clip(r, 1-eps, 1+eps) * A), r = exp(logp - old_logp)  + kl_coeff * KL
     Per-token losses are reduced with `aggregate(.., aggregation)`; the paper is "paper" + "sequence_sum"
     + "squared". Stats: policy_loss, kl (mean per-token KL over kept tokens, 0.0 without a reference),
-    clip_fraction (kept tokens whose gradient the clip removed; 0.0 for "paper"), loss.
+    clip_fraction (kept tokens whose gradient the clip removed; 0.0 for "paper"), split into clip_fraction_low
+    (ratio below 1-eps with a negative advantage) and clip_fraction_high (above 1+eps, positive advantage), loss.
     """
     _check_choice("loss_type", loss_type, LOSS_TYPES)
     _check_choice("aggregation", aggregation, AGGREGATIONS)
@@ -281,7 +311,7 @@ def grpo_loss(
 
     if loss_type == "paper":
         policy = -adv * logp_k  # [B, L]
-        clipped = torch.zeros_like(keep)  # [B, L]
+        clipped_low = clipped_high = torch.zeros_like(keep)  # [B, L]
     else:
         old = logp.detach() if old_logp is None else old_logp  # [B, L]
         ratio = torch.exp(logp_k - kept(old.detach()))  # [B, L]
@@ -290,7 +320,8 @@ def grpo_loss(
         policy = -torch.minimum(unclipped_obj, clipped_obj)  # [B, L]
         # The clip zeroes the gradient exactly when the ratio left the trust region in the direction
         # the advantage pushes it.
-        clipped = ((ratio > 1 + epsilon) & (adv > 0)) | ((ratio < 1 - epsilon) & (adv < 0))  # [B, L]
+        clipped_high = (ratio > 1 + epsilon) & (adv > 0)  # [B, L]
+        clipped_low = (ratio < 1 - epsilon) & (adv < 0)  # [B, L]
 
     if ref_logp is not None:
         kl = kl_per_token(logp_k, kept(ref_logp.detach()), kl_estimator)  # [B, L]
@@ -305,7 +336,9 @@ def grpo_loss(
         stats = {
             "policy_loss": aggregate(policy, mask, aggregation, max_completion_length).item(),
             "kl": (torch.where(keep, kl, zeros).sum() / n_kept).item(),
-            "clip_fraction": ((clipped & keep).sum() / n_kept).item(),
+            "clip_fraction": (((clipped_low | clipped_high) & keep).sum() / n_kept).item(),
+            "clip_fraction_low": ((clipped_low & keep).sum() / n_kept).item(),
+            "clip_fraction_high": ((clipped_high & keep).sum() / n_kept).item(),
             "loss": loss.item(),
         }
     return loss, stats

@@ -33,6 +33,7 @@ import torch
 from mathrl.checkpoint import TRAINING_STATE_NAME, set_rng_state
 from mathrl.config import load_saved_config
 from mathrl.errors import UserError, close_progress_bars
+from mathrl.lora import load_trained_weights
 
 RESUME_AUTO = "auto"
 # Keys a resumed run may change: how long it runs, nothing about how it trains.
@@ -113,15 +114,11 @@ def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log
 
     `skip_batches(n)` fast-forwards the run's data stream past the n batches already trained on. The RNG states
     are restored last, so nothing done here (loading, replaying the stream) moves them."""
-    from transformers import AutoModelForCausalLM
-
     state = torch.load(ckpt / TRAINING_STATE_NAME, map_location="cpu", weights_only=True)
     if state["step"] >= total_steps:
         raise UserError(f"--resume_from {ckpt}: the run is at step {state['step']} and this command ends it at step "
                         f"{total_steps}; a resumed run must go on (raise {' or '.join(RUN_LENGTH_KEYS[:3])})")
-    saved = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
-    model.load_state_dict(saved.state_dict())
-    del saved
+    load_trained_weights(model, ckpt)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     clock.load_state_dict(state["clock"])

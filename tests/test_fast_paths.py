@@ -145,3 +145,40 @@ def test_completion_logits_are_the_full_pass_logits(sharp, micro_config):
                      position_ids=(rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)).logits  # [N, P+L, V]
         logits = completion_logits(model, rollout.sequences, rollout.attention_mask, width)  # [N, L, V]
     torch.testing.assert_close(logits, full[:, width - 1:-1], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# transformers API: the `cache` keyword, not the deprecated `past_key_values`
+# ---------------------------------------------------------------------------------------------------------
+
+def test_fast_paths_use_no_deprecated_cache_names(sharp, micro_config):
+    """transformers 5.24 renamed `past_key_values` to `cache` (inputs of forward/generate and outputs); the old
+    names go away in 5.40 (forward) and 6.0 (generate). Every fast path must run without a deprecation notice:
+    FutureWarnings are errors here, and transformers' once-only log warnings are reset and captured."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    model, tokenizer = sharp
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    hf_logging.warning_once.cache_clear()
+    hf_root = logging.getLogger("transformers")
+    hf_root.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            batch = collate([encode_example(tokenizer, e, micro_config) for e in EXAMPLES[:3]],
+                            tokenizer.pad_token_id, "completion")
+            shared_prefix_sft_loss(model, batch)
+            config = {**micro_config, "group_size": 2, "max_completion_length": 4, "prompt_format": "plain"}
+            set_seed(0)
+            rollout = train_grpo.generate_rollout(model, tokenizer, EXAMPLES[:2], config,
+                                                  generation_config(tokenizer, 4, True))  # shared_prompt_cache
+            train_grpo.sequence_logprobs(model, rollout, 1.0)  # shared_prompt_completion_logits
+    finally:
+        hf_root.removeHandler(handler)
+    deprecated = [m for m in records if "past_key_values" in m or "deprecat" in m.lower()]
+    assert deprecated == []

@@ -63,6 +63,8 @@ DOCUMENTED_KEYS = (
     "reward_mean", "reward_std", "train_accuracy", "reward_correctness", "reward_format", "reward_length",
     "advantage_std", "zero_std_group_fraction", "kl", "loss", "completion_length_mean", "completion_length_max",
     "truncated_fraction", "grad_norm", "lr", "step_seconds", "generation_share", "generated_tokens_per_s",
+    "entropy", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "masked_truncated_completions",
+    "generation_rounds", "groups_drawn", "groups_dropped", "groups_unused", "generated_tokens",
 )
 # Wall-clock measurements: the only metrics allowed to differ between two identical runs.
 TIMING_KEYS = {"step_seconds", "elapsed_s", "generation_seconds", "generation_share", "generated_tokens_per_s",
@@ -464,7 +466,7 @@ def test_train_accuracy_counts_right_answers_whatever_the_reward_values(correct_
 # 4. One update of the clipped loss is one update of the paper's loss
 # ---------------------------------------------------------------------------------------------------------
 
-def one_grpo_step(policy, loss_type: str, aggregation: str) -> tuple[dict, dict, dict]:
+def one_grpo_step(policy, loss_type: str, aggregation: str, **overrides) -> tuple[dict, dict, dict]:
     """One train_grpo.grpo_step from the shared weights and seed; returns (initial, updated params, record).
 
     Plain SGD with no gradient clipping, so the update is exactly -lr * gradient: Adam's first step is about
@@ -474,7 +476,7 @@ def one_grpo_step(policy, loss_type: str, aggregation: str) -> tuple[dict, dict,
     model0, tokenizer, config0 = policy
     config = {**config0, "loss_type": loss_type, "loss_aggregation": aggregation, "num_iterations": 1,
               "kl_coeff": 0.05, "kl_estimator": "squared", "advantage_mode": "paper", "max_grad_norm": 1e9,
-              "length_reward_weight": 1.0, "temperature": 1.0}
+              "length_reward_weight": 1.0, "temperature": 1.0, **overrides}
     model = copy.deepcopy(model0).train()
     reference = copy.deepcopy(model0).eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(1)
@@ -516,6 +518,20 @@ def test_clipped_single_iteration_equals_paper_loss(policy, aggregation):
     assert clipped_record["clip_fraction"] == 0.0  # ratio exactly 1 on the first (only) update
     for name in paper:
         torch.testing.assert_close(clipped[name], paper[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_mask_truncated_completions_is_wired_into_the_step(policy):
+    """Same samples with and without mask_truncated_completions: the count logged is the number of truncated
+    completions, and leaving them out of the loss changes the update (their exact-zero gradient is checked on
+    the loss itself in tests/test_objectives.py)."""
+    _, plain, plain_record = one_grpo_step(policy, "paper", "sequence_sum")
+    _, masked, masked_record = one_grpo_step(policy, "paper", "sequence_sum", mask_truncated_completions=True)
+    truncated = round(masked_record["truncated_fraction"] * G * len(BATCH))
+    assert 0 < truncated < G * len(BATCH), "need both truncated and finished completions"
+    assert masked_record["masked_truncated_completions"] == truncated
+    assert plain_record["masked_truncated_completions"] == 0
+    assert masked_record["entropy"] == plain_record["entropy"] > 0  # same samples, same policy
+    assert max_difference(plain, masked) > 1e-4
 
 
 def test_clipped_equivalence_check_can_fail(policy):

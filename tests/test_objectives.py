@@ -17,8 +17,11 @@ from mathrl.objectives import (
     group_advantages,
     grpo_loss,
     kl_per_token,
+    loss_mask,
     sft_labels,
+    token_entropy,
     token_logprobs,
+    truncated_rows,
 )
 
 LN2 = math.log(2.0)
@@ -282,7 +285,7 @@ def test_grpo_loss_paper_by_hand():
     assert stats["kl"] == pytest.approx(LN2**2 / 3, abs=1e-6)
     assert stats["clip_fraction"] == 0.0
     assert stats["loss"] == pytest.approx(loss.item())
-    assert set(stats) == {"policy_loss", "kl", "clip_fraction", "loss"}
+    assert set(stats) == {"policy_loss", "kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "loss"}
     assert all(isinstance(v, float) for v in stats.values())
 
 
@@ -326,6 +329,7 @@ def test_clipping_by_hand():
     assert_close(loss, -2.2)
     assert_close(grad, [[0.0, -1.0]])
     assert stats["clip_fraction"] == pytest.approx(0.5)
+    assert (stats["clip_fraction_low"], stats["clip_fraction_high"]) == (0.0, pytest.approx(0.5))  # above 1+eps
 
     #   A = -1: token 0 ratio 1.5 -> -min(-1.5, -1.2) = 1.5, not clipped, d/dlogp = -ratio * A = 1.5
     #           token 1 ratio 0.2/0.4 = 0.5 < 0.8 -> -min(-0.5, -0.8) = 0.8, clipped, gradient 0
@@ -337,6 +341,7 @@ def test_clipping_by_hand():
     assert_close(loss, 2.3)
     assert_close(grad, [[1.5, 0.0]])
     assert stats["clip_fraction"] == pytest.approx(0.5)
+    assert (stats["clip_fraction_low"], stats["clip_fraction_high"]) == (pytest.approx(0.5), 0.0)  # below 1-eps
 
 
 @pytest.mark.parametrize("estimator", KL_ESTIMATORS)
@@ -418,3 +423,53 @@ def test_sft_labels_errors():
         sft_labels([3], SFT_IDS, SFT_ATTENTION)  # one length for two rows
     with pytest.raises(ValueError):
         sft_labels([3, 8], SFT_IDS, SFT_ATTENTION)  # longer than the row
+
+
+# ----------------------------------------------------------------------------- entropy and truncation
+
+
+def test_token_entropy_by_hand():
+    # Row 0, token 0: logits (0, 0) -> p = (1/2, 1/2), entropy ln 2.
+    # Row 0, token 1: logits (ln 3, 0) -> p = (3/4, 1/4), entropy -(3/4 ln 3/4 + 1/4 ln 1/4) = 2 ln 2 - 3/4 ln 3.
+    # Row 1, token 0: logits (0, 0) -> ln 2; row 1, token 1 is masked (its logits would give entropy ~0).
+    # Mean over the 3 kept tokens: (ln 2 + 2 ln 2 - 3/4 ln 3 + ln 2) / 3 = 4/3 ln 2 - ln 3 / 4 = 0.649543.
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]],
+                           [[0.0, 0.0], [100.0, 0.0]]])  # [B=2, L=2, V=2]
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # [B, L]
+    assert_close(token_entropy(logits, mask), 4 / 3 * LN2 - math.log(3.0) / 4)
+    assert token_entropy(logits, torch.zeros(2, 2)).item() == 0.0  # nothing kept
+
+
+def test_truncated_rows_and_loss_mask():
+    eos = 9
+    completions = torch.tensor([[4, 9, 9], [4, 5, 6], [9, 9, 9]])  # [B, L]; row 1 never ends
+    mask = completion_mask(completions, eos)  # [B, L]
+    truncated = truncated_rows(completions, mask, eos)
+    assert truncated.tolist() == [False, True, False]
+    # Row 1 right-padded with a pad token that is EOS (rows of two generate calls stacked): still truncated.
+    padded = torch.cat([completions, torch.full((3, 1), eos)], dim=1)  # [B, L+1]
+    padded_mask = torch.cat([mask, torch.zeros(3, 1)], dim=1)  # [B, L+1]
+    assert truncated_rows(padded, padded_mask, eos).tolist() == [False, True, False]
+    assert torch.equal(loss_mask(mask, truncated, False), mask)
+    assert loss_mask(mask, truncated, True).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_masked_truncated_completions_get_exactly_zero_gradient(aggregation, loss_type):
+    """mask_truncated_completions: the truncated row's log-probs get a gradient of exactly 0, and the other rows get
+    the gradient they would get if the truncated row were not in the batch at all (up to the aggregation's
+    normaliser: sequence_* and constant divide by the number of rows, which still counts the masked one)."""
+    torch.manual_seed(0)
+    base = -torch.rand(3, 4) * 3  # [B, L]
+    completions = torch.tensor([[4, 5, 9, 9], [4, 5, 6, 7], [4, 9, 9, 9]])  # row 1 truncated
+    kept = completion_mask(completions, 9)  # [B, L]
+    mask = loss_mask(kept, truncated_rows(completions, kept, 9), True)  # [B, L]
+    adv = torch.tensor([0.5, 2.0, -1.0])  # [B]
+    ref = base - 0.3  # [B, L]
+    logp = base.clone().requires_grad_(True)
+    loss, _ = grpo_loss(logp, ref, None, adv, mask, loss_type=loss_type, kl_coeff=0.1, kl_estimator="k3",
+                        aggregation=aggregation, max_completion_length=4)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert torch.equal(grad[1], torch.zeros(4))
+    assert grad[0].abs().sum() > 0 and grad[2].abs().sum() > 0
