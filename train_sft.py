@@ -31,6 +31,7 @@ How this departs from the paper:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -45,11 +46,12 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
+from mathrl.distributed import any_process, loss_divisor, sum_over_processes
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
 from mathrl.modeling import load_model_and_tokenizer, make_accelerator, make_optimizer
-from mathrl.objectives import sft_labels
+from mathrl.objectives import IGNORE_INDEX, sft_labels
 from mathrl.prompts import encode_example
 from mathrl.resume import Batches, StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run
 from mathrl.validation import check_train_examples
@@ -95,33 +97,64 @@ class SFTSetup:
 
 
 def setup(config: dict, init_from: str) -> SFTSetup:
-    """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate."""
-    accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
+    """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate.
+
+    batch_size is global: the prepared loader gives each process its share of the batch one process would take
+    (mathrl/distributed.py), and the schedule's length is counted in optimizer steps of that global batch."""
+    accelerator = make_accelerator(config)
+    if config["batch_size"] % accelerator.num_processes:
+        raise UserError(f"batch_size {config['batch_size']} is not divisible by the {accelerator.num_processes} "
+                        "processes; batch_size is global (summed over processes)")
     model, tokenizer = load_model_and_tokenizer(init_from, config)
     train_examples = load_jsonl(config["train_file"])
     check_train_examples(tokenizer, train_examples, config)
-    train_loader = build_train_loader(train_examples, tokenizer, config)
+    optimizer = make_optimizer(model, config)
+    model, optimizer, train_loader = accelerator.prepare(
+        model, optimizer, build_train_loader(train_examples, tokenizer, config))
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
     total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
-    optimizer = make_optimizer(model, config)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps))
     return SFTSetup(accelerator, model, accelerator.unwrap_model(model), tokenizer, train_loader, optimizer,
                     scheduler, steps_per_epoch, total_steps)
 
 
-def train_step(run: SFTSetup, batch: dict, max_grad_norm: float):
-    """One micro-batch of the training loop: forward, backward and, at the end of an accumulation window, gradient
-    clipping and the optimizer and schedule steps. Returns (loss, grad_norm); grad_norm is None mid-window."""
-    with run.accelerator.accumulate(run.model):
-        loss = shared_prefix_sft_loss(run.model, batch)  # = objectives.sft_loss: model(**batch).loss
-        run.accelerator.backward(loss)
-        grad_norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm) \
-            if run.accelerator.sync_gradients else None
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad()
-    return loss, grad_norm
+def accumulation_windows(batches, window_size: int):
+    """The micro-batches of each optimizer step: window_size at a time, fewer at the end of an epoch."""
+    window = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == window_size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def train_step(run: SFTSetup, window: list[dict], max_grad_norm: float) -> tuple[float, torch.Tensor]:
+    """One optimizer step over an accumulation window of micro-batches (this process's share of each): forward and
+    backward of each, then gradient clipping and the optimizer and schedule steps.
+
+    The loss is the mean over every completion token of the window on every process (distributed.loss_divisor),
+    so micro-batches weigh by their tokens and k processes take the update of one. Returns (that loss, the
+    gradient norm before clipping)."""
+    accelerator = run.accelerator
+    local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
+    global_tokens = int(sum_over_processes(torch.tensor(local_tokens, device=accelerator.device)))
+    divisor = loss_divisor(global_tokens, accelerator.num_processes)
+    summed = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(window):
+        # Gradients are averaged across processes once per window, at its last micro-batch.
+        sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(run.model)
+        with sync:
+            loss = shared_prefix_sft_loss(run.model, batch, divisor)  # = objectives.sft_loss(model, batch, divisor)
+            accelerator.backward(loss)
+        summed += loss.detach()
+    grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad()
+    # summed * divisor is this process's token-loss sum: the mean over processes of summed is the window's mean.
+    return float(sum_over_processes(summed)) / accelerator.num_processes, grad_norm
 
 
 def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, step, epoch,
@@ -155,6 +188,7 @@ def main() -> None:
     # ---- train ----------------------------------------------------------------------------------------
     metrics = MetricsLog(output_dir / METRICS_NAME)
     samples_log = MetricsLog(output_dir / "eval_samples.jsonl")
+    main_process = run.accelerator.is_main_process
     clock, step, window_tokens, window_start = RunClock(), 0, 0, time.perf_counter()
     stopped_by_time = False
     eval_every = config["eval_every"] or run.steps_per_epoch
@@ -162,40 +196,41 @@ def main() -> None:
     if resume_from:
         step = resume_run(resume_from, run.unwrapped, run.optimizer, run.scheduler, clock, batches.fast_forward,
                           (METRICS_NAME, "eval_samples.jsonl"), total_steps=run.total_steps)
-    progress = tqdm(total=run.total_steps, initial=step, desc="sft", dynamic_ncols=True)
+    progress = tqdm(total=run.total_steps, initial=step, desc="sft", dynamic_ncols=True, disable=not main_process)
     run.model.train()
     while step < run.total_steps and not stopped_by_time:
-        for batch in batches:
+        for window in accumulation_windows(batches, config["gradient_accumulation_steps"]):
             lr = run.scheduler.get_last_lr()[0]  # the rate this step's update uses (logged after the scheduler moves)
-            loss, grad_norm = train_step(run, batch, config["max_grad_norm"])
-            batch_tokens = int(batch["attention_mask"].sum())
+            loss, grad_norm = train_step(run, window, config["max_grad_norm"])
+            # Tokens of the global batch (every process's share), so tokens_per_s is the launch's throughput.
+            batch_tokens = int(sum_over_processes(
+                torch.tensor(sum(int(b["attention_mask"].sum()) for b in window), device=run.accelerator.device)))
             window_tokens += batch_tokens
             clock.tokens += batch_tokens
-            if not run.accelerator.sync_gradients:
-                continue
             step += 1
-            check_finite(step, output_dir, run.accelerator, loss=loss.item(), grad_norm=float(grad_norm))
+            check_finite(step, output_dir, run.accelerator, loss=loss, grad_norm=float(grad_norm))
             progress.update(1)
             epoch = step / run.steps_per_epoch
             # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.
-            stopped_by_time = 0 < config["max_train_seconds"] <= clock.train_seconds()
+            stopped_by_time = any_process(0 < config["max_train_seconds"] <= clock.train_seconds())
             last = step >= run.total_steps or stopped_by_time
             if step % config["log_every"] == 0 or last:
                 elapsed = time.perf_counter() - window_start
-                metrics.log({"step": step, "epoch": round(epoch, 3), "loss": loss.item(),
+                metrics.log({"step": step, "epoch": round(epoch, 3), "loss": loss,
                              "lr": lr, "grad_norm": float(grad_norm),
                              "tokens_per_s": window_tokens / elapsed, "elapsed_s": clock.train_seconds()})
-                progress.set_postfix(loss=f"{loss.item():.3f}")
+                progress.set_postfix(loss=f"{loss:.3f}")
                 window_tokens, window_start = 0, time.perf_counter()
             if step % eval_every == 0 or last:
                 train_seconds = clock.train_seconds()
                 with clock.paused():
                     accuracy = evaluate_and_log(run.unwrapped, run.tokenizer, eval_sets, config, metrics, samples_log,
                                                 step, epoch, train_seconds)
-                progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
+                if main_process:
+                    progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
                 window_start = time.perf_counter()  # evaluation time is not training throughput
             if not last:  # the last step is saved as final/
-                stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
+                stopping = any_process(stop.requested)  # a signal: save this step whatever save_every says, then exit
                 save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
                               step, batches_drawn=batches.drawn, always=stopping)
                 if stopping:

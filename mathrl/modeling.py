@@ -14,8 +14,9 @@ import string
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 
+from mathrl.distributed import cpu_processes
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
 from mathrl.validation import check_checkpoint_dir
@@ -159,14 +160,19 @@ def load_model_and_tokenizer(name_or_path: str, config: dict):
     return model, tokenizer
 
 
-def make_accelerator(config: dict, gradient_accumulation_steps: int = 1) -> Accelerator:
-    """Device placement and mixed precision (bf16 on a capable GPU, fp32 on CPU) from the config."""
+def make_accelerator(config: dict) -> Accelerator:
+    """Device placement and mixed precision (bf16 on a capable GPU, fp32 on CPU) from the config.
+
+    `split_batches`: a prepared DataLoader's batch (batch_size) is the global one, split across the processes, and
+    a prepared schedule steps once per optimizer step whatever the number of processes (mathrl/distributed.py).
+    Gradient accumulation is train_sft.py's own (its loss is normalized over the whole window)."""
     precision = config["mixed_precision"]
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if precision not in ("no", "bf16", "fp16"):
         raise UserError(f'mixed_precision "{precision}": expected auto, no, bf16 or fp16')
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps)
+    return Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(split_batches=True),
+                       cpu=cpu_processes())
 
 
 def make_optimizer(model, config: dict) -> torch.optim.AdamW:
