@@ -137,6 +137,8 @@ def main() -> None:
         results += evaluate_checkpoint(ckpt, eval_sets, config, accelerator, sampling)
 
     # ---- report ---------------------------------------------------------------------------------------
+    if not accelerator.is_main_process:  # every process holds the gathered results; one writes them
+        return
     predictions_path = write_outputs(results, output)
     print(markdown_table(results))
     if sampling:

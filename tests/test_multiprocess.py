@@ -1,0 +1,119 @@
+"""Two processes (torchrun, gloo on CPU) against one: the README's "More than one GPU" commands.
+
+Each launch costs two processes on a small machine, so these run behind the `multiprocess` marker
+(`pytest -m multiprocess`, also run by .ci/run); one module-scoped launch serves several assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, SCRIPT_ENV
+
+pytestmark = pytest.mark.multiprocess
+
+SFT_COMMAND = ["train_sft.py", "--config", "configs/tiny.yaml", "--max_steps", "20", "--log_every", "1"]
+GRPO_STEPS = 4
+
+
+def torchrun(nproc: int) -> list[str]:
+    """The launcher: `torchrun --standalone` (a free port, so parallel launches on one machine do not collide)."""
+    launcher = shutil.which("torchrun")
+    base = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
+    return [*base, "--standalone", "--nproc_per_node", str(nproc)]
+
+
+def launch(nproc: int, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [*torchrun(nproc), *map(str, args)] if nproc > 1 else [sys.executable, *map(str, args)]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory) -> dict:
+    """The issue's SFT command on one process and on two."""
+    root = tmp_path_factory.mktemp("sft")
+    runs = {n: root / f"nproc{n}" for n in (1, 2)}
+    for n, out in runs.items():
+        ok(launch(n, *SFT_COMMAND, "--output_dir", out))
+    return runs
+
+
+def test_sft_on_two_processes_takes_the_steps_of_one(sft_runs):
+    one, two = (read_jsonl(sft_runs[n] / "metrics.jsonl") for n in (1, 2))
+    assert [r["step"] for r in two] == [r["step"] for r in one]  # one line per step, written once
+    losses = [(a["loss"], b["loss"]) for a, b in zip(one, two) if "loss" in a]
+    assert len(losses) == 20
+    for a, b in losses:
+        assert abs(a - b) <= 1e-5
+    assert [r["lr"] for r in one if "lr" in r] == [r["lr"] for r in two if "lr" in r]  # one schedule step per step
+    weights = [load_file(sft_runs[n] / "final" / "model.safetensors") for n in (1, 2)]
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
+    # Sharded evaluation: the same accuracy and the same logged completions.
+    assert one[-1]["eval_accuracy"] == two[-1]["eval_accuracy"]
+    assert read_jsonl(sft_runs[1] / "eval_samples.jsonl") == read_jsonl(sft_runs[2] / "eval_samples.jsonl")
+
+
+def test_evaluate_on_two_processes_matches_one(sft_runs, tmp_path):
+    ckpt = sft_runs[2] / "final"
+    results = {}
+    for n in (1, 2):
+        output = tmp_path / f"eval{n}.json"
+        ok(launch(n, "evaluate.py", "--config", "configs/tiny.yaml", "--ckpt", ckpt, "--output", output))
+        summary = json.loads(output.read_text())["results"]
+        results[n] = ([(r["eval_file"], r["accuracy"], r["num_examples"]) for r in summary],
+                      read_jsonl(output.with_suffix(".predictions.jsonl")))
+    assert results[2] == results[1]
+    assert len(results[1][1]) == sum(r[2] for r in results[1][0])  # every example once, not once per process
+
+
+def test_grpo_on_two_processes_writes_once(sft_runs, tmp_path):
+    out = tmp_path / "grpo"
+    ok(launch(2, "train_grpo.py", "--config", "configs/tiny.yaml", "--init_from", sft_runs[2] / "final",
+              "--num_train_steps", GRPO_STEPS, "--batch_size", "4", "--group_size", "4", "--eval_every", GRPO_STEPS,
+              "--output_dir", out))
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, GRPO_STEPS + 1))  # not one line per rank
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [GRPO_STEPS]
+    assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "samples.jsonl"]
+
+
+def test_grpo_loss_on_two_processes_equals_one_process_on_the_same_rollouts(sft_runs, tmp_path):
+    """At learning rate 0, the logged loss and gradient norm of a 2-process step equal those one process computes
+    on both processes' rollouts; token_mean is the aggregation whose divisor spans the processes."""
+    out = tmp_path / "probe.json"
+    ok(launch(2, "tests/grpo_processes_probe.py", out, "--init_from", sft_runs[2] / "final",
+              "--loss_aggregation", "token_mean", "--length_reward_weight", "1.0"))
+    probe = json.loads(out.read_text())
+    shares = probe["shares"]
+    assert len(shares) == 2 and not set(shares[0]) & set(shares[1])  # the processes' prompts are distinct
+    assert shares[0] + shares[1] == probe["global_batch"]  # together: the batch one process would take
+    processes, one = probe["processes"], probe["one_process"]
+    assert abs(one["loss"]) > 1e-3  # non-zero advantages: the check can fail
+    for key in ("loss", "grad_norm", "reward_mean"):
+        assert processes[key] == pytest.approx(one[key], abs=1e-5, rel=1e-5), key
+
+
+def test_bad_input_on_two_processes_ends_the_launch_with_its_message(tmp_path):
+    proc = launch(2, *SFT_COMMAND, "--batch_size", "3", "--output_dir", tmp_path / "bad", timeout=180)
+    assert proc.returncode != 0
+    assert "error: batch_size 3 is not divisible by the 2 processes" in proc.stderr
+    assert f'File "{REPO_ROOT}' not in proc.stderr  # no traceback from our code
