@@ -31,8 +31,16 @@ def torchrun(nproc: int) -> list[str]:
     return [*base, "--standalone", "--nproc_per_node", str(nproc)]
 
 
-def launch(nproc: int, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [*torchrun(nproc), *map(str, args)] if nproc > 1 else [sys.executable, *map(str, args)]
+def accelerate_launch(config_file) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+
+
+def launch(nproc: int, *args, launcher: list[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python ARGS` (nproc 1) or `torchrun --standalone --nproc_per_node NPROC ARGS` (or `launcher ARGS`)."""
+    if nproc == 1:
+        command = [sys.executable, *map(str, args)]
+    else:
+        command = [*(launcher or torchrun(nproc)), *map(str, args)]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(REPO_ROOT)})
 
@@ -73,11 +81,13 @@ def test_sft_on_two_processes_takes_the_steps_of_one(sft_runs):
 
 
 def test_evaluate_on_two_processes_matches_one(sft_runs, tmp_path):
+    """Launched as README says for accelerate: `accelerate launch --config_file configs/accelerate/cpu.yaml`."""
     ckpt = sft_runs[2] / "final"
     results = {}
     for n in (1, 2):
         output = tmp_path / f"eval{n}.json"
-        ok(launch(n, "evaluate.py", "--config", "configs/tiny.yaml", "--ckpt", ckpt, "--output", output))
+        ok(launch(n, "evaluate.py", "--config", "configs/tiny.yaml", "--ckpt", ckpt, "--output", output,
+                  launcher=accelerate_launch(REPO_ROOT / "configs/accelerate/cpu.yaml")))
         summary = json.loads(output.read_text())["results"]
         results[n] = ([(r["eval_file"], r["accuracy"], r["num_examples"]) for r in summary],
                       read_jsonl(output.with_suffix(".predictions.jsonl")))
@@ -117,3 +127,14 @@ def test_bad_input_on_two_processes_ends_the_launch_with_its_message(tmp_path):
     assert proc.returncode != 0
     assert "error: batch_size 3 is not divisible by the 2 processes" in proc.stderr
     assert f'File "{REPO_ROOT}' not in proc.stderr  # no traceback from our code
+
+
+def test_fsdp_launch_is_refused_not_run_as_something_else(tmp_path):
+    """accelerate turns an FSDP config on CPU into plain DDP; the scripts say FSDP is not supported instead."""
+    config = (REPO_ROOT / "configs/accelerate/cpu.yaml").read_text() + (
+        "fsdp_config:\n  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n")
+    (tmp_path / "fsdp.yaml").write_text(config.replace("distributed_type: MULTI_CPU", "distributed_type: FSDP"))
+    proc = launch(2, *SFT_COMMAND, "--output_dir", tmp_path / "out", launcher=accelerate_launch(tmp_path / "fsdp.yaml"),
+                  timeout=180)
+    assert proc.returncode != 0
+    assert "error: FSDP launches are not supported by these scripts" in proc.stderr
