@@ -50,3 +50,12 @@ def test_gradient_accumulation_weighs_every_token_equally(tmp_path, micro_overri
         records[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("loss", "grad_norm"):
         assert records["accumulated"][key] == pytest.approx(records["whole"][key], rel=1e-5), key
+
+
+def test_compare_starts_each_run_with_the_configured_launcher():
+    from compare import REPO_ROOT, script_command
+
+    script = str(REPO_ROOT / "train_sft.py")
+    assert script_command("train_sft.py", None, ["--seed", "1"], "torchrun --standalone --nproc_per_node 2") == [
+        "torchrun", "--standalone", "--nproc_per_node", "2", script, "--seed", "1"]
+    assert script_command("train_sft.py", "configs/tiny.yaml", [], "")[1:] == [script, "--config", "configs/tiny.yaml"]
