@@ -5,6 +5,7 @@
     python train_grpo.py                                              # the paper's TinyLlama run (GPU)
     python train_grpo.py --advantage_mode grpo --loss_type clipped --kl_estimator k3 --num_iterations 2
     python train_grpo.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
+    torchrun --standalone --nproc_per_node 2 train_grpo.py --config configs/tiny.yaml   # k processes (README)
 
 Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
 score them with the rule-based reward (mathrl/rewards.py, the paper's reward_model.py); turn rewards into

@@ -32,7 +32,9 @@ def torchrun(nproc: int) -> list[str]:
 
 
 def accelerate_launch(config_file) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    launcher = shutil.which("accelerate")
+    base = [launcher, "launch"] if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
+    return [*base, "--config_file", str(config_file)]
 
 
 def launch(nproc: int, *args, launcher: list[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
