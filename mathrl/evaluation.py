@@ -29,8 +29,9 @@ def greedy_accuracy(model, tokenizer, examples: list[dict], config: dict, batch_
     predictions = []
     for example, (sample,) in zip(share, completions):
         predictions.append({"prompt": example["prompt"], "answer": example["answer"],
-                            "operation": operation_of(example), "completion": sample["text"], "predicted": extract_answer(sample["text"]),
-                            "correct": is_correct(example, sample["text"]), "num_tokens": sample["num_tokens"]})
+                            "operation": operation_of(example), "completion": sample["text"],
+                            "predicted": extract_answer(sample["text"]), "correct": is_correct(example, sample["text"]),
+                            "num_tokens": sample["num_tokens"]})
     predictions = gather_in_order(predictions)
     by_op = defaultdict(list)
     for p in predictions:
