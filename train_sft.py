@@ -47,7 +47,7 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
-from mathrl.distributed import any_process, loss_divisor, sum_over_processes
+from mathrl.distributed import any_process, local_rows, loss_divisor, sum_over_processes
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
@@ -90,7 +90,7 @@ class SFTSetup:
     model: torch.nn.Module        # as accelerate prepared it (forward, backward, clipping)
     unwrapped: torch.nn.Module    # the same model unwrapped (evaluation, saving)
     tokenizer: object
-    train_loader: DataLoader
+    train_loader: DataLoader      # the global batches (each process trains on its rows of them)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps_per_epoch: int          # optimizer steps per pass over the training set
@@ -98,20 +98,19 @@ class SFTSetup:
 
 
 def setup(config: dict, init_from: str) -> SFTSetup:
-    """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate.
+    """The model (from init_from), the training batches, AdamW and the cosine schedule; model, optimizer and schedule
+    prepared by accelerate.
 
-    batch_size is global: the prepared loader gives each process its share of the batch one process would take
-    (mathrl/distributed.py), and the schedule's length is counted in optimizer steps of that global batch."""
+    batch_size is global: every process draws the batches one process would take from the same seeded loader, and
+    `train_step` trains each on its rows (mathrl/distributed.py), so the schedule counts optimizer steps of that
+    global batch. (accelerate's sharded loader would fill an epoch's last partial batch up with repeated examples.)"""
     accelerator = make_accelerator(config)
-    if config["batch_size"] % accelerator.num_processes:
-        raise UserError(f"batch_size {config['batch_size']} is not divisible by the {accelerator.num_processes} "
-                        "processes; batch_size is global (summed over processes)")
     model, tokenizer = load_model_and_tokenizer(init_from, config)
     train_examples = load_jsonl(config["train_file"])
     check_train_examples(tokenizer, train_examples, config)
     optimizer = make_optimizer(model, config)
-    model, optimizer, train_loader = accelerator.prepare(
-        model, optimizer, build_train_loader(train_examples, tokenizer, config))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    train_loader = build_train_loader(train_examples, tokenizer, config)
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
     total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
     scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps))
@@ -132,22 +131,25 @@ def accumulation_windows(batches, window_size: int):
 
 
 def train_step(run: SFTSetup, window: list[dict], max_grad_norm: float) -> tuple[float, torch.Tensor]:
-    """One optimizer step over an accumulation window of micro-batches (this process's share of each): forward and
-    backward of each, then gradient clipping and the optimizer and schedule steps.
+    """One optimizer step over an accumulation window of global micro-batches, each process training on its rows
+    of each: forward and backward of each, then gradient clipping and the optimizer and schedule steps.
 
-    The loss is the mean over every completion token of the window on every process (distributed.loss_divisor),
-    so micro-batches weigh by their tokens and k processes take the update of one. Returns (that loss, the
-    gradient norm before clipping)."""
+    The loss is the mean over every completion token of the window (distributed.loss_divisor), so micro-batches
+    weigh by their tokens and k processes take the update of one. Returns (that loss, the gradient norm before
+    clipping)."""
     accelerator = run.accelerator
-    local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
-    global_tokens = int(sum_over_processes(torch.tensor(local_tokens, device=accelerator.device)))
+    global_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
     divisor = loss_divisor(global_tokens, accelerator.num_processes)
     summed = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(window):
+        rows = local_rows(batch, accelerator.device)
         # Gradients are averaged across processes once per window, at its last micro-batch.
         sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(run.model)
         with sync:
-            loss = shared_prefix_sft_loss(run.model, batch, divisor)  # = objectives.sft_loss(model, batch, divisor)
+            if rows is None:  # fewer rows than processes: take part in the averaging with a zero gradient
+                loss = shared_prefix_sft_loss(run.model, local_rows(batch, accelerator.device, rank=0), divisor) * 0
+            else:
+                loss = shared_prefix_sft_loss(run.model, rows, divisor)  # = objectives.sft_loss(model, rows, divisor)
             accelerator.backward(loss)
         summed += loss.detach()
     grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm)
@@ -203,9 +205,8 @@ def main() -> None:
         for window in accumulation_windows(batches, config["gradient_accumulation_steps"]):
             lr = run.scheduler.get_last_lr()[0]  # the rate this step's update uses (logged after the scheduler moves)
             loss, grad_norm = train_step(run, window, config["max_grad_norm"])
-            # Tokens of the global batch (every process's share), so tokens_per_s is the launch's throughput.
-            batch_tokens = int(sum_over_processes(
-                torch.tensor(sum(int(b["attention_mask"].sum()) for b in window), device=run.accelerator.device)))
+            # Tokens of the global batch (every process's rows), so tokens_per_s is the launch's throughput.
+            batch_tokens = sum(int(b["attention_mask"].sum()) for b in window)
             window_tokens += batch_tokens
             clock.tokens += batch_tokens
             step += 1

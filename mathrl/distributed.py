@@ -72,6 +72,16 @@ def local_share(items: list, what: str) -> list:
     return items[start:end]
 
 
+def local_rows(batch: dict[str, torch.Tensor], device, rank: int | None = None) -> dict[str, torch.Tensor] | None:
+    """Process `rank`'s (default: this process's) contiguous rows of a global batch of [B, ...] tensors, on `device`;
+    None when it has none (B < k). Shares may differ by one row: the loss divisor counts tokens, not rows."""
+    rows = next(iter(batch.values())).shape[0]
+    start, end = shard_bounds(rows, process_index() if rank is None else rank, process_count())
+    if start == end:
+        return None
+    return {name: tensor[start:end].to(device) for name, tensor in batch.items()}
+
+
 def loss_divisor(global_tokens: int | float, num_processes: int) -> float:
     """What each process divides its summed token losses by, so that the update is the mean over every token of
     the global batch and its accumulation window.

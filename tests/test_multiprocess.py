@@ -125,7 +125,8 @@ def test_grpo_loss_on_two_processes_equals_one_process_on_the_same_rollouts(sft_
 
 
 def test_bad_input_on_two_processes_ends_the_launch_with_its_message(tmp_path):
-    proc = launch(2, *SFT_COMMAND, "--batch_size", "3", "--output_dir", tmp_path / "bad", timeout=180)
+    proc = launch(2, "train_grpo.py", "--config", "configs/tiny.yaml", "--batch_size", "3", "--output_dir",
+                  tmp_path / "bad", timeout=180)
     assert proc.returncode != 0
     assert "error: batch_size 3 is not divisible by the 2 processes" in proc.stderr
     assert f'File "{REPO_ROOT}' not in proc.stderr  # no traceback from our code
