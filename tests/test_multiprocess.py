@@ -82,6 +82,27 @@ def test_sft_on_two_processes_takes_the_steps_of_one(sft_runs):
     assert read_jsonl(sft_runs[1] / "eval_samples.jsonl") == read_jsonl(sft_runs[2] / "eval_samples.jsonl")
 
 
+def test_sft_shares_of_uneven_and_tiny_batches(tmp_path, micro_overrides):
+    """11 examples in batches of 5: rows split 3/2, 3/2 and 1/0 (a process without rows), still one process's step."""
+    examples = [json.loads(line) for line in (REPO_ROOT / "data/tiny_train.jsonl").read_text().splitlines()[:11]]
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    runs = {n: tmp_path / f"nproc{n}" for n in (1, 2)}
+    for n, out in runs.items():
+        ok(launch(n, "train_sft.py", "--config", "configs/tiny.yaml", *micro_overrides, "--train_file", train_file,
+                  "--batch_size", "5", "--max_steps", "3", "--warmup_steps", "0", "--log_every", "1",
+                  "--ood_eval_file", "null", "--output_dir", out))
+    one, two = (read_jsonl(runs[n] / "metrics.jsonl") for n in (1, 2))
+    assert [r["epoch"] for r in two if "loss" in r] == [0.333, 0.667, 1.0]  # three batches: 5, 5 and 1 examples
+    for a, b in zip(one, two):
+        for key in ("loss", "grad_norm"):
+            if key in a:
+                assert abs(a[key] - b[key]) <= 1e-5, (a, b)
+    weights = [load_file(runs[n] / "final" / "model.safetensors") for n in (1, 2)]
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
+
+
 def test_evaluate_on_two_processes_matches_one(sft_runs, tmp_path):
     """Launched as README says for accelerate: `accelerate launch --config_file configs/accelerate/cpu.yaml`."""
     ckpt = sft_runs[2] / "final"
