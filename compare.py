@@ -56,6 +56,7 @@ from pathlib import Path
 
 from mathrl.config import DEFAULT_CONFIG_PATH, for_checkpoint, load_saved_config, parse_args, read_yaml, resolve_config
 from mathrl.data import load_jsonl, read_jsonl
+from mathrl.distributed import process_count
 from mathrl.errors import UserError, run_cli
 from mathrl.resume import complete_steps
 from mathrl.report import write_report
@@ -173,15 +174,18 @@ def changed_settings(run: Run, out: Path, common: list[str], config_file: str | 
                   if k not in PATH_KEYS and expected.get(k, "<missing>") != saved.get(k, "<missing>"))
 
 
-def script_command(script: str, config_file: str | None, overrides: list[str]) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / script), *(["--config", config_file] if config_file else []), *overrides]
+def script_command(script: str, config_file: str | None, overrides: list[str], launcher: str = "") -> list[str]:
+    """How a script is started: with this Python, or with `launcher` (e.g. torchrun: k processes per run)."""
+    start = shlex.split(launcher) if launcher else [sys.executable]
+    return [*start, str(REPO_ROOT / script), *(["--config", config_file] if config_file else []), *overrides]
 
 
-def train(run: Run, out: Path, common: list[str], config_file: str | None, resume: bool = False) -> None:
+def train(run: Run, out: Path, common: list[str], config_file: str | None, launcher: str,
+          resume: bool = False) -> None:
     run_dir = out / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     command = script_command(run.script, config_file,
-                             [*run_args(run, out, common), *(["--resume_from", "auto"] if resume else [])])
+                             [*run_args(run, out, common), *(["--resume_from", "auto"] if resume else [])], launcher)
     log = run_dir / "train.log"
     print(f"{'resuming' if resume else 'training'} {run.name}: {run.script} (log: {log})", flush=True)
     with log.open("a") as f:
@@ -219,7 +223,8 @@ def evaluate(targets: list[Target], out: Path, common: list[str], config: dict,
                 "--top_p", str(settings["top_p"])] if settings["samples"] else []
     command = script_command("evaluate.py", config_file, [
         *common, *[a for t in stale for a in ("--ckpt", t.ckpt)], *[a for f in eval_files for a in ("--eval_file", f)],
-        *sampling, "--output", cli_value(pending), "--overwrite"])  # pending: this command's own scratch file
+        *sampling, "--output", cli_value(pending), "--overwrite"],  # pending: this command's own scratch file
+        config["launcher"])
     log = out / "evaluate.log"
     print(f"evaluating {', '.join(t.name for t in stale)} (log: {log})", flush=True)
     with log.open("a") as f:
@@ -269,6 +274,9 @@ def main() -> None:
     parser.add_argument("--force", nargs="*", metavar="RUN", default=None,
                         help="redo these runs (all, without names); earlier ones are renamed NAME.old-<time>")
     args, config = parse_args("compare", parser)
+    if process_count() > 1:
+        raise UserError("compare.py starts every run itself: run it with python, and set --launcher (e.g. "
+                        '"torchrun --standalone --nproc_per_node 8") to start each run on several processes')
     started, out = time.time(), Path(config["output_dir"])
     common = forwarded_overrides(args.config, config)  # passed to every script, after --config
     runs = plan_runs(config, out)
@@ -306,7 +314,7 @@ def main() -> None:
     # ---- train --------------------------------------------------------------------------------------
     for run in runs:
         if run.name in redo | resume and run.script:
-            train(run, out, common, args.config, resume=run.name in resume)
+            train(run, out, common, args.config, config["launcher"], resume=run.name in resume)
 
     # ---- evaluate -----------------------------------------------------------------------------------
     targets = eval_targets(config, out)

@@ -4,6 +4,7 @@
     python evaluate.py --ckpt checkpoints/sft/final --ckpt checkpoints/grpo/final --output results.json
     python evaluate.py --config configs/tiny.yaml --ckpt builtin:tiny --eval_file data/tiny_eval.jsonl
     python evaluate.py --config configs/tiny.yaml --ckpt checkpoints/tiny/sft/final --samples 8 --temperature 0.7
+    accelerate launch --config_file configs/accelerate/cpu.yaml evaluate.py --config configs/tiny.yaml --ckpt DIR
 
 An existing results file is never replaced without --overwrite (and never when it is an input); results are
 written through a temporary file and a rename.
@@ -137,6 +138,8 @@ def main() -> None:
         results += evaluate_checkpoint(ckpt, eval_sets, config, accelerator, sampling)
 
     # ---- report ---------------------------------------------------------------------------------------
+    if not accelerator.is_main_process:  # every process holds the gathered results; one writes them
+        return
     predictions_path = write_outputs(results, output)
     print(markdown_table(results))
     if sampling:

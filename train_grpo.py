@@ -5,6 +5,7 @@
     python train_grpo.py                                              # the paper's TinyLlama run (GPU)
     python train_grpo.py --advantage_mode grpo --loss_type clipped --kl_estimator k3 --num_iterations 2
     python train_grpo.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
+    torchrun --standalone --nproc_per_node 2 train_grpo.py --config configs/tiny.yaml   # k processes (README)
 
 Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
 score them with the rule-based reward (mathrl/rewards.py, the paper's reward_model.py); turn rewards into
@@ -48,6 +49,8 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
 from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
+from mathrl.distributed import (any_process, gather_in_order, gather_rows, local_share, loss_divisor,
+                                mean_over_processes, process_index, process_seed, sum_over_processes)
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
@@ -177,6 +180,12 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     """The policy (from init_from), its frozen reference, the reward, the prompt stream, the optimizer and the
     cosine schedule, prepared by accelerate."""
     accelerator = make_accelerator(config)
+    if config["dynamic_sampling"] and accelerator.num_processes > 1:
+        raise UserError("dynamic_sampling runs on one process only: each process would draw further prompt batches "
+                        "on its own and the processes' prompt streams would part")
+    if config["batch_size"] % accelerator.num_processes:
+        raise UserError(f"batch_size {config['batch_size']} is not divisible by the {accelerator.num_processes} "
+                        "processes; batch_size is global (prompts per step summed over processes)")
     model, tokenizer = load_model_and_tokenizer(init_from, config)
     apply_memory_options(model, config)
     model = apply_lora(model, config)
@@ -204,7 +213,7 @@ def main() -> None:
     check_lora(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)
-    set_seed(config["seed"])
+    set_seed(process_seed(config["seed"], process_index()))  # each process samples its own completions
     resume_from = resume_checkpoint(args.resume_from, config)
     output_dir = prepare_output_dir(config["output_dir"], resuming=resume_from is not None)
 
@@ -220,10 +229,12 @@ def main() -> None:
         first_step += resume_run(resume_from, run.unwrapped, run.optimizer, run.scheduler, clock,
                                  lambda n: skip(run.batches, n), (METRICS_NAME, "samples.jsonl"),
                                  total_steps=config["num_train_steps"])
-    progress = tqdm(range(first_step, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True)
+    main_process = run.accelerator.is_main_process
+    progress = tqdm(range(first_step, config["num_train_steps"] + 1), desc="grpo", dynamic_ncols=True,
+                    disable=not main_process)
     for step in progress:
         step_start = time.perf_counter()
-        batch = next(run.batches)
+        batch = local_share(next(run.batches), "batch_size")  # whole groups for this process's share of the prompts
         with run.accelerator.autocast(), sampling_guard(step, output_dir):
             result = grpo_step(run, batch, config)
         check_finite(step, output_dir, run.accelerator, loss=result.metrics["loss"],
@@ -233,7 +244,7 @@ def main() -> None:
             samples_log.log({"step": step, **sample})
         # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.
         train_seconds = clock.train_seconds()
-        stopped_by_time = 0 < config["max_train_seconds"] <= train_seconds
+        stopped_by_time = any_process(0 < config["max_train_seconds"] <= train_seconds)
         last = step == config["num_train_steps"] or stopped_by_time
         record = {"step": step, **result.metrics, "step_seconds": time.perf_counter() - step_start,
                   "elapsed_s": train_seconds}
@@ -246,9 +257,10 @@ def main() -> None:
                 record, _ = evaluate_sets(run.unwrapped, run.tokenizer, eval_sets, config)
             metrics.log({"step": step, **record, "elapsed_s": train_seconds})
             accuracy = record["eval_accuracy"]
-            progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
+            if main_process:
+                progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
         if not last:  # the last step is saved as final/
-            stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
+            stopping = any_process(stop.requested)  # a signal: save this step whatever save_every says, then exit
             save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
                           step, batches_drawn=run.batches.drawn, always=stopping)
             if stopping:
@@ -314,8 +326,10 @@ def merge_groups(chosen: list, group_size: int, pad_id: int) -> tuple[Rollout, d
 
 
 def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer | None = None) -> StepResult:
-    """Generate, score, and take num_iterations optimizer steps. `timer` (a fresh one by default) is reset and
-    holds the step's phase times afterwards: generation, reward, ref_forward, policy_forward, backward, optimizer."""
+    """Generate, score, and take num_iterations optimizer steps on `batch`, this process's share of the step's
+    prompts (the loss normalized over the global batch; metrics over every process's rollouts). `timer` (a fresh
+    one by default) is reset and holds the step's phase times afterwards: generation, reward, ref_forward,
+    policy_forward, backward, optimizer."""
     timer = timer or PhaseTimer()
     timer.reset()
     rollout, scored, batch, sampling_stats = sample_groups(run, batch, config, timer)
@@ -330,6 +344,9 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
                                run.tokenizer.eos_token_id)  # [N]
     trained = loss_mask(rollout.mask, truncated, config["mask_truncated_completions"])  # [N, L]
     old_logp, loss_stats, grad_norm, entropy = None, {}, 0.0, None
+    # token_mean's count of kept tokens is that of every process's rollouts (the other aggregations average over
+    # sequences, and every process holds as many).
+    token_divisor = loss_divisor(int(sum_over_processes(trained.sum())), run.accelerator.num_processes)
     lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
     for iteration in range(config["num_iterations"]):
         with timer.phase("policy_forward"):
@@ -341,7 +358,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
             logp, ref_logp, old_logp, advantages, trained, loss_type=config["loss_type"],
             kl_coeff=config["kl_coeff"], kl_estimator=config["kl_estimator"],
             aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
-            max_completion_length=config["max_completion_length"])
+            max_completion_length=config["max_completion_length"], token_divisor=token_divisor)
         with timer.phase("backward"):
             run.accelerator.backward(loss)
         with timer.phase("optimizer"):
@@ -350,16 +367,23 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
             run.scheduler.step()
             run.optimizer.zero_grad()
 
-    lengths = rollout.mask.sum(dim=1)  # [N]
-    grouped = rewards.view(-1, config["group_size"])  # [B, G]
+    # Metrics over the global batch: every process's rows, in process order.
+    local_rewards, local_advantages = rewards, advantages
+    rewards, advantages = gather_rows(rewards), gather_rows(advantages)  # [N_global]
+    lengths = gather_rows(rollout.mask.sum(dim=1))  # [N_global]
+    grouped = rewards.view(-1, config["group_size"])  # [B_global, G]
+    truncated = gather_rows(truncated)  # [N_global]
+    correct = gather_in_order(scored["correct"])
+    terms = {name: gather_in_order(values) for name, values in scored["terms"].items() if name != "total"}
+    # Each process's loss is its share of the global loss times k, so their mean is the global loss.
+    loss_stats = mean_over_processes({**loss_stats, "unparsed_fraction": run.reward_model.unparsed_fraction,
+                                      "entropy": entropy.item()})
     generation_seconds = timer.seconds["generation"]
     metrics = {
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-        "train_accuracy": sum(scored["correct"]) / len(scored["correct"]),
-        **{f"reward_{name}": sum(values) / len(values) for name, values in scored["terms"].items()
-           if name != "total"},
-        "unparsed_fraction": run.reward_model.unparsed_fraction,
+        "train_accuracy": sum(correct) / len(correct),
+        **{f"reward_{name}": sum(values) / len(values) for name, values in terms.items()},
         "advantage_std": advantages.std().item(),
         "zero_std_group_fraction": (grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean().item(),
         **loss_stats,
@@ -367,7 +391,6 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "completion_length_max": int(lengths.max()),
         "truncated_fraction": truncated.float().mean().item(),
         "masked_truncated_completions": int(truncated.sum()) if config["mask_truncated_completions"] else 0,
-        "entropy": entropy.item(),
         **sampling_stats,
         "grad_norm": grad_norm,
         "lr": lr,
@@ -375,10 +398,10 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "generated_tokens_per_s": sampling_stats["generated_tokens"] / max(generation_seconds, 1e-9),
     }
     samples = [{"prompt": batch[i // config["group_size"]]["prompt"], "completion": rollout.texts[i],
-                "reward": rewards[i].item(), "advantage": advantages[i].item()}
+                "reward": local_rewards[i].item(), "advantage": local_advantages[i].item()}
                for i in range(min(NUM_SAMPLES_LOGGED, len(rollout.texts)))]
     run.reward_model.reset_counts()
-    return StepResult(metrics, int(rollout.attention_mask.sum()), samples)
+    return StepResult(metrics, int(sum_over_processes(rollout.attention_mask.sum())), samples)
 
 
 if __name__ == "__main__":

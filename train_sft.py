@@ -5,6 +5,7 @@
     python train_sft.py --learning_rate 1e-4 --num_epochs 1 --output_dir runs/try1
     python train_sft.py --config configs/tiny.yaml --init_from checkpoints/tiny/sft/step_250 --max_train_seconds 60
     python train_sft.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
+    torchrun --standalone --nproc_per_node 2 train_sft.py --config configs/tiny.yaml   # k processes (README)
 
 Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/eval_samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/
 (Hugging Face model + tokenizer, resolved config, training state, run summary). `init_from` starts from a
@@ -31,6 +32,7 @@ How this departs from the paper:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -45,12 +47,13 @@ from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_outpu
                                save_periodic)
 from mathrl.config import for_checkpoint, parse_args, require_positive
 from mathrl.data import load_jsonl
+from mathrl.distributed import any_process, local_rows, loss_divisor, sum_over_processes
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
 from mathrl.lora import apply_lora, check_lora
 from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
-from mathrl.objectives import sft_labels
+from mathrl.objectives import IGNORE_INDEX, sft_labels
 from mathrl.prompts import encode_example
 from mathrl.resume import Batches, StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run
 from mathrl.tracking import check_report_to, make_tracker
@@ -89,7 +92,7 @@ class SFTSetup:
     model: torch.nn.Module        # as accelerate prepared it (forward, backward, clipping)
     unwrapped: torch.nn.Module    # the same model unwrapped (evaluation, saving)
     tokenizer: object
-    train_loader: DataLoader
+    train_loader: DataLoader      # the global batches (each process trains on its rows of them)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps_per_epoch: int          # optimizer steps per pass over the training set
@@ -97,35 +100,68 @@ class SFTSetup:
 
 
 def setup(config: dict, init_from: str) -> SFTSetup:
-    """The model (from init_from), the training batches, AdamW and the cosine schedule, prepared by accelerate."""
-    accelerator = make_accelerator(config, config["gradient_accumulation_steps"])
+    """The model (from init_from), the training batches, AdamW and the cosine schedule; model, optimizer and schedule
+    prepared by accelerate.
+
+    batch_size is global: every process draws the batches one process would take from the same seeded loader, and
+    `train_step` trains each on its rows (mathrl/distributed.py), so the schedule counts optimizer steps of that
+    global batch. (accelerate's sharded loader would fill an epoch's last partial batch up with repeated examples.)"""
+    accelerator = make_accelerator(config)
     model, tokenizer = load_model_and_tokenizer(init_from, config)
     apply_memory_options(model, config)
     model = apply_lora(model, config)
     train_examples = load_jsonl(config["train_file"])
     check_train_examples(tokenizer, train_examples, config)
+    optimizer = make_optimizer(model, config)
+    model, optimizer = accelerator.prepare(model, optimizer)
     train_loader = build_train_loader(train_examples, tokenizer, config)
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
     total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
-    optimizer = make_optimizer(model, config)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_steps))
     return SFTSetup(accelerator, model, accelerator.unwrap_model(model), tokenizer, train_loader, optimizer,
                     scheduler, steps_per_epoch, total_steps)
 
 
-def train_step(run: SFTSetup, batch: dict, max_grad_norm: float):
-    """One micro-batch of the training loop: forward, backward and, at the end of an accumulation window, gradient
-    clipping and the optimizer and schedule steps. Returns (loss, grad_norm); grad_norm is None mid-window."""
-    with run.accelerator.accumulate(run.model):
-        loss = shared_prefix_sft_loss(run.model, batch)  # = objectives.sft_loss: model(**batch).loss
-        run.accelerator.backward(loss)
-        grad_norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm) \
-            if run.accelerator.sync_gradients else None
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad()
-    return loss, grad_norm
+def accumulation_windows(batches, window_size: int):
+    """The micro-batches of each optimizer step: window_size at a time, fewer at the end of an epoch."""
+    window = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == window_size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def train_step(run: SFTSetup, window: list[dict], max_grad_norm: float) -> tuple[float, torch.Tensor]:
+    """One optimizer step over an accumulation window of global micro-batches, each process training on its rows
+    of each: forward and backward of each, then gradient clipping and the optimizer and schedule steps.
+
+    The loss is the mean over every completion token of the window (distributed.loss_divisor), so micro-batches
+    weigh by their tokens and k processes take the update of one. Returns (that loss, the gradient norm before
+    clipping)."""
+    accelerator = run.accelerator
+    global_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
+    divisor = loss_divisor(global_tokens, accelerator.num_processes)
+    summed = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(window):
+        rows = local_rows(batch, accelerator.device)
+        # Gradients are averaged across processes once per window, at its last micro-batch.
+        sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(run.model)
+        with sync:
+            if rows is None:  # fewer rows than processes: take part in the averaging with a zero gradient
+                loss = shared_prefix_sft_loss(run.model, local_rows(batch, accelerator.device, rank=0), divisor) * 0
+            else:
+                loss = shared_prefix_sft_loss(run.model, rows, divisor)  # = objectives.sft_loss(model, rows, divisor)
+            accelerator.backward(loss)
+        summed += loss.detach()
+    grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad()
+    # summed * divisor is this process's token-loss sum: the mean over processes of summed is the window's mean.
+    return float(sum_over_processes(summed)) / accelerator.num_processes, grad_norm
 
 
 def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, step, epoch,
@@ -161,6 +197,7 @@ def main() -> None:
     # ---- train ----------------------------------------------------------------------------------------
     metrics = MetricsLog(output_dir / METRICS_NAME, tracker=make_tracker(config, output_dir))
     samples_log = MetricsLog(output_dir / "eval_samples.jsonl")
+    main_process = run.accelerator.is_main_process
     clock, step, window_tokens, window_start = RunClock(), 0, 0, time.perf_counter()
     stopped_by_time = False
     eval_every = config["eval_every"] or run.steps_per_epoch
@@ -168,40 +205,40 @@ def main() -> None:
     if resume_from:
         step = resume_run(resume_from, run.unwrapped, run.optimizer, run.scheduler, clock, batches.fast_forward,
                           (METRICS_NAME, "eval_samples.jsonl"), total_steps=run.total_steps)
-    progress = tqdm(total=run.total_steps, initial=step, desc="sft", dynamic_ncols=True)
+    progress = tqdm(total=run.total_steps, initial=step, desc="sft", dynamic_ncols=True, disable=not main_process)
     run.model.train()
     while step < run.total_steps and not stopped_by_time:
-        for batch in batches:
+        for window in accumulation_windows(batches, config["gradient_accumulation_steps"]):
             lr = run.scheduler.get_last_lr()[0]  # the rate this step's update uses (logged after the scheduler moves)
-            loss, grad_norm = train_step(run, batch, config["max_grad_norm"])
-            batch_tokens = int(batch["attention_mask"].sum())
+            loss, grad_norm = train_step(run, window, config["max_grad_norm"])
+            # Tokens of the global batch (every process's rows), so tokens_per_s is the launch's throughput.
+            batch_tokens = sum(int(b["attention_mask"].sum()) for b in window)
             window_tokens += batch_tokens
             clock.tokens += batch_tokens
-            if not run.accelerator.sync_gradients:
-                continue
             step += 1
-            check_finite(step, output_dir, run.accelerator, loss=loss.item(), grad_norm=float(grad_norm))
+            check_finite(step, output_dir, run.accelerator, loss=loss, grad_norm=float(grad_norm))
             progress.update(1)
             epoch = step / run.steps_per_epoch
             # elapsed_s in metrics.jsonl is training time: evaluation and checkpoint saving are paused.
-            stopped_by_time = 0 < config["max_train_seconds"] <= clock.train_seconds()
+            stopped_by_time = any_process(0 < config["max_train_seconds"] <= clock.train_seconds())
             last = step >= run.total_steps or stopped_by_time
             if step % config["log_every"] == 0 or last:
                 elapsed = time.perf_counter() - window_start
-                metrics.log({"step": step, "epoch": round(epoch, 3), "loss": loss.item(),
+                metrics.log({"step": step, "epoch": round(epoch, 3), "loss": loss,
                              "lr": lr, "grad_norm": float(grad_norm),
                              "tokens_per_s": window_tokens / elapsed, "elapsed_s": clock.train_seconds()})
-                progress.set_postfix(loss=f"{loss.item():.3f}")
+                progress.set_postfix(loss=f"{loss:.3f}")
                 window_tokens, window_start = 0, time.perf_counter()
             if step % eval_every == 0 or last:
                 train_seconds = clock.train_seconds()
                 with clock.paused():
                     accuracy = evaluate_and_log(run.unwrapped, run.tokenizer, eval_sets, config, metrics, samples_log,
                                                 step, epoch, train_seconds)
-                progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
+                if main_process:
+                    progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
                 window_start = time.perf_counter()  # evaluation time is not training throughput
             if not last:  # the last step is saved as final/
-                stopping = stop.requested  # a signal: save this step whatever save_every says, then exit
+                stopping = any_process(stop.requested)  # a signal: save this step whatever save_every says, then exit
                 save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
                               step, batches_drawn=batches.drawn, always=stopping)
                 if stopping:

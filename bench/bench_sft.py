@@ -73,7 +73,7 @@ class OursSFT:
         sync(self.device)
         start, cpu_start = time.perf_counter(), time.thread_time()
         batch = next(self.batches)
-        train_sft.train_step(self.run, batch, self.config["max_grad_norm"])
+        train_sft.train_step(self.run, [batch], self.config["max_grad_norm"])  # one micro-batch per step
         tokens = int(batch["attention_mask"].sum())
         sync(self.device)
         return {"wall_s": time.perf_counter() - start, "cpu_s": time.thread_time() - cpu_start, "tokens": tokens,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mathrl.config import save_config
+from mathrl.distributed import gather_in_order, is_main_process, process_count, wait_for_everyone
 from mathrl.errors import UserError
 from mathrl.lora import save_model
 
@@ -54,6 +55,7 @@ def prepare_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise UserError(f"--output_dir {output_dir}: the directory is not writable")
     remove_save_debris(output_dir)
+    wait_for_everyone()  # every process has checked the directory before the main process writes into it
     return output_dir
 
 
@@ -106,9 +108,13 @@ def set_rng_state(state: dict) -> None:
 
 def training_state(optimizer, scheduler, clock, step: int, batches_drawn: int) -> dict:
     """What resuming needs besides the weights (RNG state is added by save_checkpoint): `batches_drawn` is the
-    run's position in its seeded data stream (batches taken from it so far)."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-            "batches_drawn": batches_drawn, "clock": clock.state_dict()}
+    run's position in its seeded data stream (batches taken from it so far). Called on every process: with
+    several, "process_rng" holds each one's RNG state (GRPO's processes sample from their own streams)."""
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+             "batches_drawn": batches_drawn, "clock": clock.state_dict()}
+    if process_count() > 1:
+        state["process_rng"] = gather_in_order([rng_state()])
+    return state
 
 
 def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
@@ -174,11 +180,12 @@ def save_periodic(output_dir: Path, model, tokenizer, config: dict, optimizer, s
                   batches_drawn: int, always: bool = False) -> None:
     """OUTPUT_DIR/step_N/ every save_every steps (0: never), or now if `always`, outside the training clock."""
     due = config["save_every"] and step % config["save_every"] == 0
-    if due or (always and not (Path(output_dir) / f"step_{step}").exists()):
+    if due or always:
         with clock.paused():
-            save_checkpoint(output_dir, f"step_{step}", model, tokenizer, config,
-                            training_state(optimizer, scheduler, clock, step, batches_drawn),
-                            clock.summary(step=step))
+            state = training_state(optimizer, scheduler, clock, step, batches_drawn)
+            if is_main_process() and (due or not (Path(output_dir) / f"step_{step}").exists()):
+                save_checkpoint(output_dir, f"step_{step}", model, tokenizer, config, state, clock.summary(step=step))
+            wait_for_everyone()
 
 
 def save_final(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, *, step: int,
@@ -186,11 +193,16 @@ def save_final(output_dir: Path, model, tokenizer, config: dict, optimizer, sche
     """Write OUTPUT_DIR/final/ with the run summary and say where it is; the last phase of both trainers."""
     summary = clock.summary(step=step, final_eval_accuracy=accuracy, init_from=init_from,
                             stopped_by_time=stopped_by_time)
-    final = save_checkpoint(output_dir, "final", model, tokenizer, config,
-                            training_state(optimizer, scheduler, clock, step, batches_drawn), summary)
+    state = training_state(optimizer, scheduler, clock, step, batches_drawn)
+    final = Path(output_dir) / "final"
+    if not is_main_process():  # only the main process writes; the others wait until final/ is complete
+        wait_for_everyone()
+        return final
+    final = save_checkpoint(output_dir, "final", model, tokenizer, config, state, summary)
     stop = " (time budget reached)" if stopped_by_time else ""
     print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps{stop}, "
           f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")
+    wait_for_everyone()
     return final
 
 
@@ -209,6 +221,8 @@ class MetricsLog:
 
     def log(self, record: dict) -> None:
         # Full float precision: a KL of 1e-7 between identical models is a bug to see, not to round away.
+        if not is_main_process():  # records are reduced over the processes; one copy is written
+            return
         try:
             if self._file is None:
                 self._file = self.path.open("a")

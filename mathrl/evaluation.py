@@ -11,25 +11,31 @@ from collections import defaultdict
 
 from mathrl.answers import extract_answer, is_correct
 from mathrl.data import load_jsonl, operation_of
+from mathrl.distributed import gather_in_order, process_count, process_index, shard_bounds
 from mathrl.generation import complete
 
 
 def greedy_accuracy(model, tokenizer, examples: list[dict], config: dict, batch_size: int | None = None) -> dict:
-    """Greedy held-out accuracy: overall, per operation, mean completion tokens, and per-example predictions."""
+    """Greedy held-out accuracy: overall, per operation, mean completion tokens, and per-example predictions
+    (the same on k processes as on one: each answers its share of the examples)."""
+    # Each process answers a contiguous share of the examples; the predictions are gathered in order.
+    start, end = shard_bounds(len(examples), process_index(), process_count())
+    share = examples[start:end]
     was_training = model.training
     model.eval()
-    completions = complete(model, tokenizer, [e["prompt"] for e in examples], config,
+    completions = complete(model, tokenizer, [e["prompt"] for e in share], config,
                            batch_size=batch_size or config["eval_batch_size"])
     model.train(was_training)
-    predictions, by_op = [], defaultdict(list)
-    for example, (sample,) in zip(examples, completions):
-        predicted = extract_answer(sample["text"])
-        correct = is_correct(example, sample["text"])
-        op = operation_of(example)
-        by_op[op].append(correct)
-        predictions.append({"prompt": example["prompt"], "answer": example["answer"], "operation": op,
-                            "completion": sample["text"], "predicted": predicted, "correct": correct,
+    predictions = []
+    for example, (sample,) in zip(share, completions):
+        predictions.append({"prompt": example["prompt"], "answer": example["answer"],
+                            "operation": operation_of(example), "completion": sample["text"],
+                            "predicted": extract_answer(sample["text"]), "correct": is_correct(example, sample["text"]),
                             "num_tokens": sample["num_tokens"]})
+    predictions = gather_in_order(predictions)
+    by_op = defaultdict(list)
+    for p in predictions:
+        by_op[p["operation"]].append(p["correct"])
     n = len(predictions)
     return {
         "accuracy": sum(p["correct"] for p in predictions) / n,

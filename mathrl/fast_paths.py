@@ -30,9 +30,9 @@ def cache_is_dropped(model) -> bool:
     return bool(getattr(module, "is_activation_checkpointing", False)) and module.training and torch.is_grad_enabled()
 
 
-def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
-    """`objectives.sft_loss(model, batch)` (mean next-token cross entropy over the labelled tokens), computing only
-    what it needs.
+def shared_prefix_sft_loss(model, batch: dict, divisor: float | None = None) -> Tensor:
+    """`objectives.sft_loss(model, batch, divisor)` (mean next-token cross entropy over the labelled tokens, or
+    their sum / divisor), computing only what it needs.
 
     Rows are right-padded and usually open with the same tokens (BOS and the start of the prompt): the keys and
     values of such leading columns are the same in every row, so they are computed once, on one row, and shared
@@ -44,7 +44,7 @@ def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
     # Columns holding a scored label (a label in column 0 is never scored: nothing comes before it).
     labelled = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1) + 1  # [K]
     if labelled.numel() == 0 or cache_is_dropped(model):
-        return sft_loss(model, batch)  # nothing to score: the plain pass (and its NaN); no cache: the plain pass
+        return sft_loss(model, batch, divisor)  # nothing to score: the plain pass (and its NaN); no cache: the plain pass
     first, last = int(labelled[0]), int(labelled[-1])
     # Leading columns that hold one token in every row and whose logits score no label (column t scores t+1).
     same = ((input_ids == input_ids[:1]).all(dim=0) & (attention_mask == 1).all(dim=0))[:first - 1]  # [first-1]
@@ -59,8 +59,11 @@ def shared_prefix_sft_loss(model, batch: dict) -> Tensor:
     logits = model(input_ids=input_ids[:, shared:last], attention_mask=attention_mask[:, :last],
                    use_cache=bool(past), **past).logits  # [B, last-shared, V]
     targets = labels[:, shared + 1:last + 1]  # [B, last-shared]
+    if divisor is None:
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                                 ignore_index=IGNORE_INDEX)
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                             ignore_index=IGNORE_INDEX)
+                                             ignore_index=IGNORE_INDEX, reduction="sum") / divisor
 
 
 def shared_prompt_completion_logits(model, sequences: Tensor, attention_mask: Tensor, prompt_width: int) -> Tensor:

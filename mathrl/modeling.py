@@ -16,9 +16,10 @@ import string
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 
 from mathrl import smollm2
+from mathrl.distributed import cpu_processes
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
 from mathrl.validation import check_checkpoint_dir
@@ -174,14 +175,38 @@ def apply_memory_options(model, config: dict) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def make_accelerator(config: dict, gradient_accumulation_steps: int = 1) -> Accelerator:
-    """Device placement and mixed precision (bf16 on a capable GPU, fp32 on CPU) from the config."""
+def make_accelerator(config: dict) -> Accelerator:
+    """Device placement and mixed precision (bf16 on a capable GPU, fp32 on CPU) from the config.
+
+    `split_batches`: a prepared DataLoader's batch (batch_size) is the global one, split across the processes, and
+    a prepared schedule steps once per optimizer step whatever the number of processes (mathrl/distributed.py).
+    Gradient accumulation is train_sft.py's own (its loss is normalized over the whole window)."""
     precision = config["mixed_precision"]
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if precision not in ("no", "bf16", "fp16"):
         raise UserError(f'mixed_precision "{precision}": expected auto, no, bf16 or fp16')
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps)
+    accelerator = Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              cpu=cpu_processes())
+    check_supported_launch(accelerator)
+    return accelerator
+
+
+def check_supported_launch(accelerator: Accelerator) -> None:
+    """Refuse the launches the scripts do not support, rather than run them wrongly or silently as something else.
+
+    FSDP would need generation synchronized across the shards (each process generates a different number of
+    tokens) and the shards gathered for saving and loaded back when resuming; DeepSpeed steps the optimizer inside
+    `backward` and divides the loss by its own accumulation count, which train_sft.py's window normalization does
+    itself. On CPU, accelerate 1.15 turns an FSDP config into plain DDP (it enables FSDP only for GPU-like
+    devices), so the request is checked as well as the result."""
+    requested = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+                 if os.environ.get(env, "false").lower() == "true"]
+    kind = accelerator.distributed_type.value
+    if requested or kind not in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        raise UserError(f"{' and '.join(requested) or kind} launches are not supported by these scripts: run data "
+                        "parallel (configs/accelerate/ddp.yaml on GPUs, configs/accelerate/cpu.yaml on CPU; "
+                        "README: More than one GPU)")
 
 
 def make_optimizer(model, config: dict) -> torch.optim.AdamW:

@@ -68,13 +68,17 @@ def sft_labels(
     return input_ids.masked_fill(ignore, IGNORE_INDEX)  # [B, T]
 
 
-def sft_loss(model, batch: dict) -> Tensor:
+def sft_loss(model, batch: dict, divisor: float | None = None) -> Tensor:
     """Mean next-token cross entropy over the labelled tokens: -1/K sum_t log p(label_t | tokens < t) (paper 3.2).
 
     batch: input_ids, attention_mask, labels [B, T] (labels from `sft_labels`, unshifted). One full forward pass;
     Hugging Face's causal-LM loss shifts the labels. Its fast form is fast_paths.shared_prefix_sft_loss.
+    `divisor` replaces K: the sum over this batch divided by the token count of a larger batch it is part of
+    (an accumulation window, every process: distributed.loss_divisor).
     """
-    return model(**batch).loss
+    if divisor is None:
+        return model(**batch).loss
+    return model(**batch, num_items_in_batch=divisor).loss
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -224,7 +228,8 @@ def kl_per_token(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
 
 
 def aggregate(
-    per_token: Tensor, mask: Tensor, mode: str, max_completion_length: int | None = None
+    per_token: Tensor, mask: Tensor, mode: str, max_completion_length: int | None = None,
+    token_divisor: float | None = None,
 ) -> Tensor:
     """Reduce per-token values [B, L] over the kept tokens (mask [B, L]) to a scalar.
 
@@ -232,7 +237,8 @@ def aggregate(
     "sequence_mean": mean over each sequence, mean over sequences (original GRPO)
     "token_mean":    sum over all kept tokens / number of kept tokens (DAPO)
     "constant":      sum over all kept tokens / (B * max_completion_length) (Dr. GRPO)
-    Empty rows count as 0 and never divide by zero.
+    Empty rows count as 0 and never divide by zero. `token_divisor` replaces token_mean's count of kept tokens
+    (one process's share of a global batch: distributed.loss_divisor).
     """
     _check_choice("aggregation", mode, AGGREGATIONS)
     if per_token.shape != mask.shape:
@@ -246,7 +252,7 @@ def aggregate(
     if mode == "sequence_mean":
         return (kept.sum(dim=1) / counts.clamp(min=1)).mean()
     if mode == "token_mean":
-        return kept.sum() / counts.sum().clamp(min=1)
+        return kept.sum() / (counts.sum().clamp(min=1) if token_divisor is None else token_divisor)
     # "constant"
     if max_completion_length is None or max_completion_length < 1:
         raise ValueError("aggregation 'constant' needs max_completion_length >= 1")
@@ -272,6 +278,7 @@ def grpo_loss(
     aggregation: str,
     epsilon: float = 0.2,
     max_completion_length: int | None = None,
+    token_divisor: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """GRPO loss on completion tokens; returns (scalar loss, stats as floats).
 
@@ -281,9 +288,10 @@ def grpo_loss(
       "paper":   per token  -A * logp                                       + kl_coeff * KL
       "clipped": per token  -min(r * A, clip(r, 1-eps, 1+eps) * A), r = exp(logp - old_logp)  + kl_coeff * KL
     Per-token losses are reduced with `aggregate(.., aggregation)`; the paper is "paper" + "sequence_sum"
-    + "squared". Stats: policy_loss, kl (mean per-token KL over kept tokens, 0.0 without a reference),
-    clip_fraction (kept tokens whose gradient the clip removed; 0.0 for "paper"), split into clip_fraction_low
-    (ratio below 1-eps with a negative advantage) and clip_fraction_high (above 1+eps, positive advantage), loss.
+    + "squared"; `token_divisor` as in `aggregate`. Stats: policy_loss, kl (mean per-token KL over kept tokens,
+    0.0 without a reference), clip_fraction (kept tokens whose gradient the clip removed; 0.0 for "paper"), split
+    into clip_fraction_low (ratio below 1-eps with a negative advantage) and clip_fraction_high (above 1+eps,
+    positive advantage), loss.
     """
     _check_choice("loss_type", loss_type, LOSS_TYPES)
     _check_choice("aggregation", aggregation, AGGREGATIONS)
@@ -329,12 +337,12 @@ def grpo_loss(
         kl = zeros  # [B, L]
     per_token = policy + kl_coeff * kl if kl_coeff != 0 else policy  # [B, L]
 
-    loss = aggregate(per_token, mask, aggregation, max_completion_length)
+    loss = aggregate(per_token, mask, aggregation, max_completion_length, token_divisor)
     n_kept = keep.sum().clamp(min=1)
     with torch.no_grad():
         # .item() is a CPU-GPU sync point; once per step is cheap next to generation.
         stats = {
-            "policy_loss": aggregate(policy, mask, aggregation, max_completion_length).item(),
+            "policy_loss": aggregate(policy, mask, aggregation, max_completion_length, token_divisor).item(),
             "kl": (torch.where(keep, kl, zeros).sum() / n_kept).item(),
             "clip_fraction": (((clipped_low | clipped_high) & keep).sum() / n_kept).item(),
             "clip_fraction_low": ((clipped_low & keep).sum() / n_kept).item(),

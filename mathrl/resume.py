@@ -32,6 +32,7 @@ import torch
 
 from mathrl.checkpoint import TRAINING_STATE_NAME, set_rng_state
 from mathrl.config import load_saved_config
+from mathrl.distributed import is_main_process, process_count, process_index
 from mathrl.errors import UserError, close_progress_bars
 from mathrl.lora import load_trained_weights
 
@@ -122,12 +123,23 @@ def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     clock.load_state_dict(state["clock"])
-    for name in log_names:
-        cut_log(ckpt.parent / name, state["step"])
+    if is_main_process():
+        for name in log_names:
+            cut_log(ckpt.parent / name, state["step"])
     skip_batches(state["batches_drawn"])
-    set_rng_state(state["rng"])
+    set_rng_state(process_rng_state(state, ckpt))
     print(f"resuming {ckpt.parent} from {ckpt.name} (step {state['step']})", file=sys.stderr)
     return state["step"]
+
+
+def process_rng_state(state: dict, ckpt: Path) -> dict:
+    """This process's saved RNG state: "rng" with one process, its own entry of "process_rng" with several."""
+    k, rank = process_count(), process_index()
+    saved = len(state.get("process_rng", [state["rng"]]))
+    if saved != k:
+        raise UserError(f"--resume_from {ckpt}: saved by {saved} process(es), resumed on {k}; resume on {saved} "
+                        "(each process's sampling stream is part of the saved state)")
+    return state["process_rng"][rank] if k > 1 else state["rng"]
 
 
 def cut_log(path: Path, step: int) -> None:
