@@ -140,13 +140,13 @@ def measure_sft(scale, peak) -> dict:
         needed = batch_size * (scale["steps"] + scale["warmup"])  # every batch full, even past the 400 examples
         loader = train_sft.build_train_loader((examples * (needed // len(examples) + 1))[:needed], run.tokenizer,
                                               {**config, "batch_size": batch_size})
-        batches = iter(run.accelerator.prepare_data_loader(loader))
+        batches = iter(loader)  # global batches: train_step moves each process's rows to the device
 
         def step():
             batch = next(batches)
             timer.reset()
             with timer.phase("step"):
-                train_sft.train_step(run, batch, config["max_grad_norm"])
+                train_sft.train_step(run, [batch], config["max_grad_norm"])  # a window of one micro-batch
             return timer.seconds["step"], int(batch["attention_mask"].sum())
 
         reset_peak(device)
