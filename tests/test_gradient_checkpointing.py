@@ -79,7 +79,7 @@ def test_sft_train_step_with_gradient_checkpointing_equals_without():
         run = train_sft.setup(config, config["model_name"])
         assert run.unwrapped.is_activation_checkpointing == (flag == "true")
         batch = next(iter(run.train_loader))
-        loss, _ = train_sft.train_step(run, batch, config["max_grad_norm"])
+        loss, _ = train_sft.train_step(run, [batch], config["max_grad_norm"])  # a window of one micro-batch
         results.append((loss.item(), [p.detach().clone() for p in run.unwrapped.parameters()]))
     (loss_off, params_off), (loss_on, params_on) = results
     assert loss_on == pytest.approx(loss_off, abs=1e-6)
