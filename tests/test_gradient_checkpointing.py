@@ -80,7 +80,7 @@ def test_sft_train_step_with_gradient_checkpointing_equals_without():
         assert run.unwrapped.is_activation_checkpointing == (flag == "true")
         batch = next(iter(run.train_loader))
         loss, _ = train_sft.train_step(run, [batch], config["max_grad_norm"])  # a window of one micro-batch
-        results.append((loss.item(), [p.detach().clone() for p in run.unwrapped.parameters()]))
+        results.append((loss, [p.detach().clone() for p in run.unwrapped.parameters()]))  # loss: a float
     (loss_off, params_off), (loss_on, params_on) = results
     assert loss_on == pytest.approx(loss_off, abs=1e-6)
     for off, on in zip(params_off, params_on):
