@@ -33,7 +33,6 @@ How this departs from the paper's reference code:
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -41,31 +40,30 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, get_cosine_schedule_with_warmup, set_seed
+from transformers import GenerationConfig, get_cosine_schedule_with_warmup
 
 from mathrl.answers import is_correct
-from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_final,
-                               save_periodic)
-from mathrl.config import for_checkpoint, parse_args, require_positive
+from mathrl.checkpoint import METRICS_NAME, MetricsLog, RunClock, save_final, save_periodic
+from mathrl.config import require_positive
 from mathrl.data import load_jsonl
 from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
 from mathrl.distributed import (any_process, gather_in_order, gather_rows, local_share, loss_divisor,
-                                mean_over_processes, process_index, process_seed, sum_over_processes)
+                                mean_over_processes, sum_over_processes)
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
-from mathrl.lora import apply_lora, check_lora, reference_model
+from mathrl.lora import apply_lora, reference_model
 from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
                                gather_logprobs, group_advantages, grpo_loss, loss_mask, token_entropy,
                                truncated_rows)
 from mathrl.prompts import prompt_ids
-from mathrl.resume import (StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run,
+from mathrl.resume import (StopSignals, check_finite, resume_run, start_run,
                            sampling_guard, skip)
 from mathrl.rewards import MathRewardModel
 from mathrl.timing import PhaseTimer
-from mathrl.tracking import check_report_to, make_tracker
+from mathrl.tracking import make_tracker
 from mathrl.validation import check_train_examples
 
 NUM_SAMPLES_LOGGED = 4
@@ -207,15 +205,7 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
 
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
-    args, config = parse_args("grpo", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
-    validate(config)
-    check_report_to(config)
-    check_lora(config)
-    init_from = config["init_from"] or config["model_name"]
-    config = for_checkpoint(config, init_from)
-    set_seed(process_seed(config["seed"], process_index()))  # each process samples its own completions
-    resume_from = resume_checkpoint(args.resume_from, config)
-    output_dir = prepare_output_dir(config["output_dir"], resuming=resume_from is not None)
+    config, init_from, resume_from, output_dir = start_run("grpo", __doc__.split("\n")[0], validate)
 
     # ---- policy, reference, reward, data, optimizer and schedule -----------------------------------------
     run = setup(config, init_from)

@@ -31,7 +31,6 @@ How this departs from the paper:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import time
@@ -41,22 +40,21 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup, set_seed
+from transformers import get_cosine_schedule_with_warmup
 
-from mathrl.checkpoint import (METRICS_NAME, MetricsLog, RunClock, prepare_output_dir, save_final,
-                               save_periodic)
-from mathrl.config import for_checkpoint, parse_args, require_positive
+from mathrl.checkpoint import METRICS_NAME, MetricsLog, RunClock, save_final, save_periodic
+from mathrl.config import require_positive
 from mathrl.data import load_jsonl
 from mathrl.distributed import any_process, local_rows, loss_divisor, sum_over_processes
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
-from mathrl.lora import apply_lora, check_lora
+from mathrl.lora import apply_lora
 from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
 from mathrl.objectives import IGNORE_INDEX, sft_labels
 from mathrl.prompts import encode_example
-from mathrl.resume import Batches, StopSignals, add_resume_flag, check_finite, resume_checkpoint, resume_run
-from mathrl.tracking import check_report_to, make_tracker
+from mathrl.resume import Batches, StopSignals, check_finite, resume_run, start_run
+from mathrl.tracking import make_tracker
 from mathrl.validation import check_train_examples
 
 NUM_EVAL_SAMPLES_LOGGED = 8
@@ -175,20 +173,16 @@ def evaluate_and_log(model, tokenizer, eval_sets, config, metrics, samples_log, 
     return record["eval_accuracy"]
 
 
-def main() -> None:
-    # ---- config ---------------------------------------------------------------------------------------
-    args, config = parse_args("sft", add_resume_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
+def validate(config: dict) -> None:
     require_positive(config, "batch_size", "max_prompt_length", "max_completion_length",
                      "gradient_accumulation_steps", "log_every")
     if config["max_steps"] <= 0:
         require_positive(config, "num_epochs")
-    check_report_to(config)
-    check_lora(config)
-    init_from = config["init_from"] or config["model_name"]
-    config = for_checkpoint(config, init_from)  # prompt as init_from was trained
-    set_seed(config["seed"])
-    resume_from = resume_checkpoint(args.resume_from, config)
-    output_dir = prepare_output_dir(config["output_dir"], resuming=resume_from is not None)
+
+
+def main() -> None:
+    # ---- config ---------------------------------------------------------------------------------------
+    config, init_from, resume_from, output_dir = start_run("sft", __doc__.split("\n")[0], validate)
 
     # ---- model, data, optimizer and schedule ----------------------------------------------------------
     run = setup(config, init_from)

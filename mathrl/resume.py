@@ -18,6 +18,7 @@ loaders), while replaying the seeded stream is exact by construction.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
@@ -29,17 +30,36 @@ import threading
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 
-from mathrl.checkpoint import TRAINING_STATE_NAME, set_rng_state
-from mathrl.config import load_saved_config
-from mathrl.distributed import is_main_process, process_count, process_index
+from mathrl.checkpoint import TRAINING_STATE_NAME, prepare_output_dir, set_rng_state
+from mathrl.config import for_checkpoint, load_saved_config, parse_args
+from mathrl.distributed import is_main_process, process_count, process_index, process_seed
 from mathrl.errors import UserError, close_progress_bars
-from mathrl.lora import load_trained_weights
+from mathrl.lora import check_lora, load_trained_weights
+from mathrl.tracking import check_report_to
 
 RESUME_AUTO = "auto"
 # Keys a resumed run may change: how long it runs, nothing about how it trains.
 RUN_LENGTH_KEYS = ("max_steps", "num_epochs", "num_train_steps", "max_train_seconds")
 STEP_DIR_PREFIX = "step_"
+
+
+def start_run(section: str, description: str, validate) -> tuple[dict, str, Path | None, Path]:
+    """The first phase of both trainers: (config, the checkpoint it starts from, the step_N/ it resumes from or
+    None, its output directory). Every check (the script's `validate(config)`, trackers, LoRA, the resume point)
+    runs before the output directory is created, so a failed start leaves nothing that blocks the same command.
+    Each process seeds its own stream (process 0 keeps `seed`): GRPO's processes must not sample alike."""
+    args, config = parse_args(section, add_resume_flag(argparse.ArgumentParser(description=description)))
+    validate(config)
+    check_report_to(config)
+    check_lora(config)
+    init_from = config["init_from"] or config["model_name"]
+    config = for_checkpoint(config, init_from)  # prompt as init_from was trained
+    set_seed(process_seed(config["seed"], process_index()))
+    resume_from = resume_checkpoint(args.resume_from, config)
+    output_dir = prepare_output_dir(config["output_dir"], resuming=resume_from is not None)
+    return config, init_from, resume_from, output_dir
 
 
 def add_resume_flag(parser):
