@@ -63,7 +63,8 @@ from mathrl.report import write_report
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, SFT_SCRIPT, RunSpec, planned
 
 REPO_ROOT = Path(__file__).resolve().parent
-PATH_KEYS = ("output_dir", "init_from")  # not compared on reuse: OUTPUT_DIR may have been moved
+# Not compared on reuse: OUTPUT_DIR may have been moved; a tracker changes where metrics go, not what they are.
+NOT_COMPARED = ("output_dir", "init_from", "report_to")
 
 
 @dataclass
@@ -171,7 +172,7 @@ def changed_settings(run: Run, out: Path, common: list[str], config_file: str | 
     expected = for_checkpoint(expected, str(run.init_from or expected["init_from"] or expected["model_name"]))
     saved = load_saved_config(out / run.name / "final")
     return sorted(k for k in set(expected) | set(saved)
-                  if k not in PATH_KEYS and expected.get(k, "<missing>") != saved.get(k, "<missing>"))
+                  if k not in NOT_COMPARED and expected.get(k, "<missing>") != saved.get(k, "<missing>"))
 
 
 def script_command(script: str, config_file: str | None, overrides: list[str], launcher: str = "") -> list[str]:
@@ -211,7 +212,8 @@ def evaluate(targets: list[Target], out: Path, common: list[str], config: dict,
     eval_files = [f for f in (config["eval_file"], config["ood_eval_file"]) if f]
     settings = {"eval_files": eval_files, "samples": config["diversity_samples"],
                 "temperature": config["diversity_temperature"], "top_p": config["diversity_top_p"],
-                "config": resolve_config("evaluate", config_file, common)}
+                "config": {k: v for k, v in resolve_config("evaluate", config_file, common).items()
+                           if k not in NOT_COMPARED}}
     stale = [t for t in targets if not t.eval_path.is_file()
              or json.loads(t.eval_path.read_text()).get("settings") != {**settings, "ckpt": t.ckpt}]
     evaluations = {t.name: load_evaluation(t.eval_path) for t in targets if t not in stale}

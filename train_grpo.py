@@ -7,13 +7,13 @@
     python train_grpo.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
     torchrun --standalone --nproc_per_node 2 train_grpo.py --config configs/tiny.yaml   # k processes (README)
 
-Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call;
-score them with the rule-based reward (mathrl/rewards.py, the paper's reward_model.py); turn rewards into
-group-relative advantages; take `num_iterations` gradient steps on the GRPO loss (mathrl/objectives.py). The
-log-probs and the sampling share each prompt's keys/values across its group (mathrl/fast_paths.py). Writes
-OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/ exactly like
-train_sft.py, and stops early when `max_train_seconds` of training time (evaluation and saving excluded) have
-passed, as train_sft.py does.
+Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call (one
+per round with dynamic_sampling); score them with the rule-based reward (mathrl/rewards.py, the paper's
+reward_model.py); turn rewards into group-relative advantages; take `num_iterations` gradient steps on the GRPO
+loss (mathrl/objectives.py). The log-probs and the sampling share each prompt's keys/values across its group
+(mathrl/fast_paths.py). Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/samples.jsonl, OUTPUT_DIR/step_N/ and
+OUTPUT_DIR/final/ exactly like train_sft.py, and stops early when `max_train_seconds` of training time (evaluation
+and saving excluded) have passed, as train_sft.py does.
 SIGINT / SIGTERM, `--resume_from auto|DIR` and the non-finite guard work as in train_sft.py (mathrl/resume.py):
 a resumed run replays the prompt stream and restores the sampling RNG, so it samples what the uninterrupted
 run would have.
@@ -333,15 +333,20 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
     truncated = truncated_rows(rollout.sequences[:, rollout.prompt_width:], rollout.mask,
                                run.tokenizer.eos_token_id)  # [N]
     trained = loss_mask(rollout.mask, truncated, config["mask_truncated_completions"])  # [N, L]
-    old_logp, loss_stats, grad_norm, entropy = None, {}, 0.0, None
+    old_logp, loss_stats, grad_norm = None, {}, 0.0
     # token_mean's count of kept tokens is that of every process's rollouts (the other aggregations average over
     # sequences, and every process holds as many).
-    token_divisor = loss_divisor(int(sum_over_processes(trained.sum())), run.accelerator.num_processes)
+    # With one process `aggregate` counts them itself, and no other aggregation reads it: skip the collective.
+    token_divisor = None
+    if config["loss_aggregation"] == "token_mean" and run.accelerator.num_processes > 1:
+        token_divisor = loss_divisor(int(sum_over_processes(trained.sum())), run.accelerator.num_processes)
     lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update (logged after the scheduler moves)
     for iteration in range(config["num_iterations"]):
         with timer.phase("policy_forward"):
-            logp, iteration_entropy = sequence_logprobs(run.model, rollout, config["temperature"], True)  # [N, L]
-        entropy = iteration_entropy if entropy is None else entropy  # the sampling policy's (first update)
+            if iteration == 0:  # the entropy of the sampling policy, from its own logits
+                logp, entropy = sequence_logprobs(run.model, rollout, config["temperature"], True)  # [N, L]
+            else:
+                logp = sequence_logprobs(run.model, rollout, config["temperature"])  # [N, L]
         if iteration == 0 and config["num_iterations"] > 1:
             old_logp = logp.detach()  # the policy that sampled: its weights are unchanged until this update
         loss, loss_stats = grpo_loss(
@@ -361,7 +366,6 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
     local_rewards, local_advantages = rewards, advantages
     rewards, advantages = gather_rows(rewards), gather_rows(advantages)  # [N_global]
     lengths = gather_rows(rollout.mask.sum(dim=1))  # [N_global]
-    grouped = rewards.view(-1, config["group_size"])  # [B_global, G]
     truncated = gather_rows(truncated)  # [N_global]
     correct = gather_in_order(scored["correct"])
     terms = {name: gather_in_order(values) for name, values in scored["terms"].items() if name != "total"}
@@ -375,7 +379,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "train_accuracy": sum(correct) / len(correct),
         **{f"reward_{name}": sum(values) / len(values) for name, values in terms.items()},
         "advantage_std": advantages.std().item(),
-        "zero_std_group_fraction": (grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean().item(),
+        "zero_std_group_fraction": (~mixed_groups(rewards, config["group_size"])).float().mean().item(),
         **loss_stats,
         "completion_length_mean": lengths.float().mean().item(),
         "completion_length_max": int(lengths.max()),

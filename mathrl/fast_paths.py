@@ -103,7 +103,7 @@ def shared_prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, num_re
     the n rows, instead of letting generate() prefill the same prompt n times. generate() then starts from the last
     prompt token, with the same positions and sampling as without the cache. {} for one-token prompts.
     """
-    if input_ids.shape[1] <= 1 or cache_is_dropped(model):
+    if input_ids.shape[1] <= 1:  # (generation runs without gradients, so checkpointing never drops this cache)
         return {}
     prefix_mask = attention_mask[:, :-1]  # [B, P-1]
     prefix = model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,

