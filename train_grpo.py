@@ -24,8 +24,10 @@ How this departs from the paper's reference code:
   including its first EOS (so the model learns when to stop). Position ids follow the left padding exactly as
   in generation, and logits are divided by the sampling temperature, so the log-probs are those of the policy
   that sampled the completions.
-- The paper's loss is -A * (sequence log-prob) + kl_coeff * squared log-ratio, applied per token here
-  (see mathrl/objectives.py); `loss_type clipped`, `advantage_mode grpo|dr_grpo`, `kl_estimator k3` and the
+- The paper's loss is -A * (sequence log-prob) + kl_coeff * squared log-ratio. The default squares the log-ratio
+  per token (`kl_estimator squared`); `kl_estimator squared_sequence` squares the whole completion's log-ratio,
+  as the paper writes it (see mathrl/objectives.py); `loss_type clipped`, `advantage_mode grpo|dr_grpo`,
+  `kl_estimator k3` and the
   aggregation choices give DeepSeekMath GRPO, Dr. GRPO and DAPO-style variants from the same code;
   `dynamic_sampling` and `mask_truncated_completions` add DAPO's dynamic sampling and overlong filtering.
 - The paper's `gamma` (discount) is left out: an episode is a single completion, so it would have no effect.

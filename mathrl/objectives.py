@@ -12,9 +12,10 @@ Departures from the design paper (sections 3.2, 3.3.3-3.3.4, Appendix B), all de
   group std) and "dr_grpo" (Dr. GRPO, no std) are there to compare against it.
 - Log-probs: the paper's reference code scored token t with the logits at position t. A causal LM's logits
   at position t predict token t+1, so here token t+1 is scored with logits[t] (`token_logprobs`).
-- KL: the paper squares the difference of whole-sequence log-probs. Here the estimator is applied per
-  token and then aggregated like the policy term, which is what every GRPO implementation does; "squared"
-  keeps the paper's formula (no 1/2), "k3" is the estimator of DeepSeekMath.
+- KL: the paper squares the difference of whole-sequence log-probs, (sum_t log pi - sum_t log pi_ref)^2, one
+  number per completion: estimator "squared_sequence" (`kl_per_sequence`). The per-token estimators are applied
+  per token and then aggregated like the policy term, which is what every GRPO implementation does: "squared"
+  is the paper's square taken per token (no 1/2), "k3" the estimator of DeepSeekMath.
 - Loss: "paper" is the plain REINFORCE term -A * log pi; "clipped" is the PPO-style ratio with clipping
   used by GRPO. With one update per generation (old = current, detached) both have the same gradient.
 """
@@ -24,7 +25,8 @@ from torch import Tensor
 
 ADVANTAGE_MODES = ("paper", "grpo", "dr_grpo")
 LOSS_TYPES = ("paper", "clipped")
-KL_ESTIMATORS = ("squared", "k3")
+PER_TOKEN_KL_ESTIMATORS = ("squared", "k3")
+KL_ESTIMATORS = (*PER_TOKEN_KL_ESTIMATORS, "squared_sequence")
 AGGREGATIONS = ("sequence_sum", "sequence_mean", "token_mean", "constant")
 
 IGNORE_INDEX = -100  # label value that Hugging Face's cross-entropy skips
@@ -220,11 +222,21 @@ def kl_per_token(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
     "k3":      exp(ref - logp) - (ref - logp) - 1, Schulman's unbiased, always >= 0 estimator of
                KL(pi || ref) for tokens sampled from pi (DeepSeekMath).
     """
-    _check_choice("KL estimator", estimator, KL_ESTIMATORS)
+    _check_choice("per-token KL estimator", estimator, PER_TOKEN_KL_ESTIMATORS)
     if estimator == "squared":
         return (logp - ref_logp) ** 2  # [B, L]
     log_ratio = ref_logp - logp  # [B, L]
     return torch.exp(log_ratio) - log_ratio - 1  # [B, L]
+
+
+def kl_per_sequence(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
+    """The paper's KL penalty (3.3.4, B.1), one value per completion: (sum_t log pi - sum_t log pi_ref)^2 over the
+    kept tokens; logp, ref_logp, mask [B, L] -> [B]. A row with no kept token gets 0. Estimator "squared_sequence".
+    """
+    keep = mask > 0  # [B, L]
+    # where, not multiply: padding log-probs may be -inf, and 0 * inf is NaN.
+    log_ratio = torch.where(keep, logp - ref_logp, torch.zeros_like(logp))  # [B, L]
+    return log_ratio.sum(dim=1) ** 2  # [B]
 
 
 def aggregate(
@@ -287,11 +299,20 @@ def grpo_loss(
     (old = logp.detach()).
       "paper":   per token  -A * logp                                       + kl_coeff * KL
       "clipped": per token  -min(r * A, clip(r, 1-eps, 1+eps) * A), r = exp(logp - old_logp)  + kl_coeff * KL
-    Per-token losses are reduced with `aggregate(.., aggregation)`; the paper is "paper" + "sequence_sum"
-    + "squared"; `token_divisor` as in `aggregate`. Stats: policy_loss, kl (mean per-token KL over kept tokens,
-    0.0 without a reference), clip_fraction (kept tokens whose gradient the clip removed; 0.0 for "paper"), split
-    into clip_fraction_low (ratio below 1-eps with a negative advantage) and clip_fraction_high (above 1+eps,
-    positive advantage), loss.
+    Per-token losses are reduced with `aggregate(.., aggregation)`; `token_divisor` as in `aggregate`.
+    With kl_estimator "squared_sequence" the KL is one number per completion (`kl_per_sequence`), so it is not
+    aggregated over tokens: it is added once per completion, averaged over the B completions, weighted by kl_coeff,
+    whatever the aggregation of the policy term:
+        loss = aggregate(policy, aggregation) + kl_coeff * 1/B sum_b (sum_t logp_bt - sum_t ref_logp_bt)^2
+    (a completion with no kept token, e.g. one masked by mask_truncated_completions, adds 0 and still counts in B,
+    as it does in the sequence aggregations). The paper's loss, -(A * seq_logp).mean() + kl_coeff *
+    ((seq_logp - seq_ref) ** 2).mean(), is exactly "paper" + "sequence_sum" + "squared_sequence".
+    Stats: policy_loss; kl, the estimator's value before kl_coeff (per-token estimators: mean per-token KL over the
+    kept tokens; squared_sequence: mean over completions), 0.0 without a reference; kl_sequence, the paper's
+    squared sequence log-ratio averaged over completions whatever the estimator (so runs with different estimators
+    compare on one scale); clip_fraction (kept tokens whose gradient the clip removed; 0.0 for "paper"), split into
+    clip_fraction_low (ratio below 1-eps with a negative advantage) and clip_fraction_high (above 1+eps, positive
+    advantage); loss.
     """
     _check_choice("loss_type", loss_type, LOSS_TYPES)
     _check_choice("aggregation", aggregation, AGGREGATIONS)
@@ -331,19 +352,26 @@ def grpo_loss(
         clipped_high = (ratio > 1 + epsilon) & (adv > 0)  # [B, L]
         clipped_low = (ratio < 1 - epsilon) & (adv < 0)  # [B, L]
 
-    if ref_logp is not None:
-        kl = kl_per_token(logp_k, kept(ref_logp.detach()), kl_estimator)  # [B, L]
-    else:
-        kl = zeros  # [B, L]
-    per_token = policy + kl_coeff * kl if kl_coeff != 0 else policy  # [B, L]
-
-    loss = aggregate(per_token, mask, aggregation, max_completion_length, token_divisor)
     n_kept = keep.sum().clamp(min=1)
+    ref_k = None if ref_logp is None else kept(ref_logp.detach())  # [B, L]
+    sequence_kl = logp.new_zeros(logp.shape[0]) if ref_k is None else kl_per_sequence(logp_k, ref_k, mask)  # [B]
+    if kl_estimator == "squared_sequence":
+        # One number per completion: added once per completion and averaged over the B completions, outside the
+        # token aggregation (the paper's ((seq_logp - seq_ref) ** 2).mean()).
+        kl_value = sequence_kl.mean()
+        policy_loss = aggregate(policy, mask, aggregation, max_completion_length, token_divisor)
+        loss = policy_loss + kl_coeff * kl_value if kl_coeff != 0 else policy_loss
+    else:
+        kl = zeros if ref_k is None else kl_per_token(logp_k, ref_k, kl_estimator)  # [B, L]
+        per_token = policy + kl_coeff * kl if kl_coeff != 0 else policy  # [B, L]
+        loss = aggregate(per_token, mask, aggregation, max_completion_length, token_divisor)
+        kl_value = torch.where(keep, kl, zeros).sum() / n_kept
     with torch.no_grad():
         # .item() is a CPU-GPU sync point; once per step is cheap next to generation.
         stats = {
             "policy_loss": aggregate(policy, mask, aggregation, max_completion_length, token_divisor).item(),
-            "kl": (torch.where(keep, kl, zeros).sum() / n_kept).item(),
+            "kl": kl_value.item(),
+            "kl_sequence": sequence_kl.mean().item(),
             "clip_fraction": (((clipped_low | clipped_high) & keep).sum() / n_kept).item(),
             "clip_fraction_low": ((clipped_low & keep).sum() / n_kept).item(),
             "clip_fraction_high": ((clipped_high & keep).sum() / n_kept).item(),

@@ -61,7 +61,7 @@ EOS_BIAS = 4.0  # logit of EOS in the sharpened model: about 1 completion in 2 s
 # Keys every GRPO metrics line must carry, each a finite number.
 DOCUMENTED_KEYS = (
     "reward_mean", "reward_std", "train_accuracy", "reward_correctness", "reward_format", "reward_length",
-    "advantage_std", "zero_std_group_fraction", "kl", "loss", "completion_length_mean", "completion_length_max",
+    "advantage_std", "zero_std_group_fraction", "kl", "kl_sequence", "loss", "completion_length_mean", "completion_length_max",
     "truncated_fraction", "grad_norm", "lr", "step_seconds", "generation_share", "generated_tokens_per_s",
     "entropy", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "masked_truncated_completions",
     "generation_rounds", "groups_drawn", "groups_dropped", "groups_unused", "generated_tokens",
@@ -518,6 +518,18 @@ def test_clipped_single_iteration_equals_paper_loss(policy, aggregation):
     assert clipped_record["clip_fraction"] == 0.0  # ratio exactly 1 on the first (only) update
     for name in paper:
         torch.testing.assert_close(clipped[name], paper[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_squared_sequence_kl_is_wired_into_the_step(policy):
+    """kl_estimator squared_sequence through grpo_step (the shared-prompt fast path's log-probs): on the same samples
+    as the per-token squared KL, both runs log the paper's sequence KL as kl_sequence, this one also as kl, and the
+    update differs (the loss formula itself is checked by hand in tests/test_objectives.py)."""
+    _, per_token, per_token_record = one_grpo_step(policy, "paper", "sequence_sum")
+    _, sequence, sequence_record = one_grpo_step(policy, "paper", "sequence_sum", kl_estimator="squared_sequence")
+    assert sequence_record["completion_length_mean"] == per_token_record["completion_length_mean"]  # same samples
+    assert sequence_record["kl_sequence"] == per_token_record["kl_sequence"] > 0
+    assert sequence_record["kl"] == sequence_record["kl_sequence"] != per_token_record["kl"]
+    assert max_difference(per_token, sequence) > 1e-5
 
 
 def test_mask_truncated_completions_is_wired_into_the_step(policy):

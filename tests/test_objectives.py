@@ -11,11 +11,13 @@ from mathrl.objectives import (
     IGNORE_INDEX,
     KL_ESTIMATORS,
     LOSS_TYPES,
+    PER_TOKEN_KL_ESTIMATORS,
     aggregate,
     completion_mask,
     gather_logprobs,
     group_advantages,
     grpo_loss,
+    kl_per_sequence,
     kl_per_token,
     loss_mask,
     sft_labels,
@@ -205,7 +207,7 @@ def test_kl_estimators_by_hand():
     assert_close(kl_per_token(logp, ref, "k3"), [[0.5 + LN2 - 1, 1 - LN2]])
 
 
-@pytest.mark.parametrize("estimator", KL_ESTIMATORS)
+@pytest.mark.parametrize("estimator", PER_TOKEN_KL_ESTIMATORS)
 def test_kl_zero_when_equal_and_k3_nonnegative(estimator):
     torch.manual_seed(0)
     logp = -torch.rand(4, 6) * 5  # [B, L]
@@ -217,6 +219,29 @@ def test_kl_zero_when_equal_and_k3_nonnegative(estimator):
 def test_kl_unknown_estimator():
     with pytest.raises(ValueError, match="squared, k3"):
         kl_per_token(torch.zeros(1, 1), torch.zeros(1, 1), "k2")
+    with pytest.raises(ValueError, match="per-token KL estimator 'squared_sequence'"):  # one value per row
+        kl_per_token(torch.zeros(1, 1), torch.zeros(1, 1), "squared_sequence")
+
+
+# The paper's sequence KL (3.3.4). Row 0: two kept tokens whose log-ratios cancel; row 1: one kept token, then
+# padding holding -inf; row 2: policy below the reference.
+SEQ_LOGP = torch.tensor([[math.log(0.5), math.log(0.25)],
+                         [math.log(0.5), -math.inf],
+                         [math.log(0.25), math.log(0.5)]])  # [3, 2]
+SEQ_REF = torch.tensor([[math.log(0.25), math.log(0.5)],
+                        [math.log(0.125), 0.0],
+                        [math.log(0.5), math.log(1.0)]])  # [3, 2]
+SEQ_MASK = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])  # [3, 2]
+# Sequence log-ratios: row 0: ln 2 - ln 2 = 0 ; row 1: ln(.5/.125) = 2 ln 2 ; row 2: -ln 2 - ln 2 = -2 ln 2.
+# Squared: 0, 4 (ln 2)^2, 4 (ln 2)^2 ; mean over the 3 completions = 8/3 (ln 2)^2.
+SEQ_KL = [0.0, 4 * LN2**2, 4 * LN2**2]
+
+
+def test_kl_per_sequence_by_hand():
+    assert_close(kl_per_sequence(SEQ_LOGP, SEQ_REF, SEQ_MASK), SEQ_KL)
+    # Not the per-token square summed: row 0's tokens each differ by ln 2, so that would be 2 (ln 2)^2, not 0.
+    assert_close(kl_per_token(SEQ_LOGP[:1], SEQ_REF[:1], "squared").sum(), 2 * LN2**2)
+    assert kl_per_sequence(SEQ_LOGP, SEQ_REF, torch.zeros(3, 2)).tolist() == [0.0, 0.0, 0.0]  # no kept token
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -285,8 +310,83 @@ def test_grpo_loss_paper_by_hand():
     assert stats["kl"] == pytest.approx(LN2**2 / 3, abs=1e-6)
     assert stats["clip_fraction"] == 0.0
     assert stats["loss"] == pytest.approx(loss.item())
-    assert set(stats) == {"policy_loss", "kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "loss"}
+    assert set(stats) == {"policy_loss", "kl", "kl_sequence", "clip_fraction", "clip_fraction_low",
+                          "clip_fraction_high", "loss"}
     assert all(isinstance(v, float) for v in stats.values())
+
+
+# Policy term of SEQ_LOGP with advantages [1, -1, 0] (row 2 has no policy signal):
+#   per-token -A * logp: row 0 = [ln 2, 2 ln 2] (sum 3 ln 2), row 1 = [ln .5] = [-ln 2], row 2 = [0, 0].
+#   sequence_sum  (3 ln 2 - ln 2 + 0) / 3              = 2/3 ln 2
+#   sequence_mean (3/2 ln 2 - ln 2 + 0) / 3            = 1/6 ln 2
+#   token_mean    (3 ln 2 - ln 2) / 5 kept tokens      = 2/5 ln 2
+#   constant      (3 ln 2 - ln 2) / (3 rows * 4 max)   = 1/6 ln 2
+# The sequence KL enters once per completion whatever the aggregation: + 0.1 * 8/3 (ln 2)^2.
+SEQ_ADV = torch.tensor([1.0, -1.0, 0.0])  # [3]
+
+
+@pytest.mark.parametrize("aggregation, policy_loss", [
+    ("sequence_sum", 2 / 3 * LN2), ("sequence_mean", 1 / 6 * LN2), ("token_mean", 2 / 5 * LN2),
+    ("constant", 1 / 6 * LN2),
+])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_squared_sequence_kl_loss_by_hand(aggregation, policy_loss, loss_type):
+    logp = SEQ_LOGP.clone().requires_grad_(True)  # [3, 2]
+    loss, stats = grpo_loss(logp, SEQ_REF, None, SEQ_ADV, SEQ_MASK, loss_type=loss_type, kl_coeff=0.1,
+                            kl_estimator="squared_sequence", aggregation=aggregation, max_completion_length=4)
+    kl = 8 / 3 * LN2**2
+    if loss_type == "paper":  # the clipped loss at ratio 1 has the value -A, not -A * logp
+        assert_close(loss, policy_loss + 0.1 * kl)
+        assert stats["policy_loss"] == pytest.approx(policy_loss, abs=1e-6)
+    assert stats["loss"] == pytest.approx(stats["policy_loss"] + 0.1 * kl, abs=1e-6)
+    assert stats["kl"] == pytest.approx(kl, abs=1e-6) and stats["kl_sequence"] == pytest.approx(kl, abs=1e-6)
+
+    # Gradient of the KL term alone (advantages 0): d/dlogp_bt [0.1 * 1/3 sum_b D_b^2] = 0.1 * 2 D_b / 3 on every
+    # kept token of row b, D_b its sequence log-ratio; 0 on padding. The sign pulls the sequence log-prob back
+    # towards the reference's: positive (descent lowers logp) where the policy is above it, negative below.
+    logp = SEQ_LOGP.clone().requires_grad_(True)  # [3, 2]
+    loss, _ = grpo_loss(logp, SEQ_REF, None, torch.zeros(3), SEQ_MASK, loss_type=loss_type, kl_coeff=0.1,
+                        kl_estimator="squared_sequence", aggregation=aggregation, max_completion_length=4)
+    (grad,) = torch.autograd.grad(loss, logp)
+    g = 0.1 * 2 * 2 * LN2 / 3
+    assert grad.shape == (3, 2)
+    assert_close(grad, [[0.0, 0.0], [g, 0.0], [-g, -g]])
+
+
+def test_squared_sequence_is_the_papers_loss_exactly():
+    """loss_type paper + sequence_sum + squared_sequence = Appendix B.1 on sequence log-probs, in value and
+    gradient: policy_loss = -(advantages * logprobs_new).mean(); kl = ((logprobs_new - logprobs_ref) ** 2).mean()."""
+    torch.manual_seed(3)
+    base = -torch.rand(4, 5) * 3  # [B, L]
+    ref = -torch.rand(4, 5) * 3  # [B, L]
+    mask = completion_mask(torch.tensor([[1, 1, 2, 0, 0], [1, 1, 1, 1, 1], [2, 0, 0, 0, 0], [1, 2, 0, 0, 0]]), 2)
+    adv = torch.randn(4)  # [B]
+    logp = base.clone().requires_grad_(True)
+    ours, _ = grpo_loss(logp, ref, None, adv, mask, loss_type="paper", kl_coeff=0.05,
+                        kl_estimator="squared_sequence", aggregation="sequence_sum")
+    (ours_grad,) = torch.autograd.grad(ours, logp)
+    logp = base.clone().requires_grad_(True)
+    logprobs_new, logprobs_ref = (logp * mask).sum(dim=1), (ref * mask).sum(dim=1)  # [B]
+    paper = -(adv * logprobs_new).mean() + 0.05 * ((logprobs_new - logprobs_ref) ** 2).mean()
+    (paper_grad,) = torch.autograd.grad(paper, logp)
+    assert_close(ours, paper.item())
+    assert_close(ours_grad, paper_grad)
+    # ... and the per-token "squared" is a different loss on the same numbers.
+    per_token, _ = grpo_loss(base, ref, None, adv, mask, loss_type="paper", kl_coeff=0.05, kl_estimator="squared",
+                             aggregation="sequence_sum")
+    assert abs(per_token.item() - paper.item()) > 1e-3
+
+
+def test_kl_sequence_stat_whatever_the_estimator():
+    # The per-token estimators' loss is unchanged, and kl_sequence is reported beside their own kl.
+    _, stats = grpo_loss(SEQ_LOGP, SEQ_REF, None, SEQ_ADV, SEQ_MASK, loss_type="paper", kl_coeff=0.1,
+                         kl_estimator="squared", aggregation="sequence_sum")
+    assert stats["kl_sequence"] == pytest.approx(8 / 3 * LN2**2, abs=1e-6)
+    # kl: per-token squared over the 5 kept tokens: (ln 2)^2 * 2 + (2 ln 2)^2 + (ln 2)^2 * 2 = 8 (ln 2)^2 -> / 5
+    assert stats["kl"] == pytest.approx(8 / 5 * LN2**2, abs=1e-6)
+    _, no_ref = grpo_loss(SEQ_LOGP, None, None, SEQ_ADV, SEQ_MASK, loss_type="paper", kl_coeff=0.0,
+                          kl_estimator="squared_sequence", aggregation="sequence_sum")
+    assert no_ref["kl"] == no_ref["kl_sequence"] == 0.0
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -360,15 +460,16 @@ def test_kl_stat_exactly_zero_when_policy_equals_reference(estimator, loss_type)
     assert math.isfinite(loss.item())
 
 
+@pytest.mark.parametrize("estimator", ["k3", "squared_sequence"])
 @pytest.mark.parametrize("aggregation", ["sequence_sum", "sequence_mean", "constant"])
-def test_grpo_loss_batch_equals_mean_of_halves(aggregation):
+def test_grpo_loss_batch_equals_mean_of_halves(aggregation, estimator):
     # Per-sequence aggregations are means over rows: two equal halves average to the whole batch.
     torch.manual_seed(1)
     logp = -torch.rand(4, 5) * 3  # [B, L]
     ref = -torch.rand(4, 5) * 3  # [B, L]
     mask = completion_mask(torch.tensor([[1, 1, 2, 0, 0], [1, 1, 1, 1, 1], [2, 0, 0, 0, 0], [1, 2, 0, 0, 0]]), 2)
     adv = torch.randn(4)  # [B]
-    kwargs = dict(loss_type="clipped", kl_coeff=0.1, kl_estimator="k3", aggregation=aggregation,
+    kwargs = dict(loss_type="clipped", kl_coeff=0.1, kl_estimator=estimator, aggregation=aggregation,
                   max_completion_length=5)
     whole, _ = grpo_loss(logp, ref, None, adv, mask, **kwargs)
     first, _ = grpo_loss(logp[:2], ref[:2], None, adv[:2], mask[:2], **kwargs)
@@ -454,9 +555,10 @@ def test_truncated_rows_and_loss_mask():
     assert loss_mask(mask, truncated, True).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
 
 
+@pytest.mark.parametrize("estimator", ["k3", "squared_sequence"])
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_masked_truncated_completions_get_exactly_zero_gradient(aggregation, loss_type):
+def test_masked_truncated_completions_get_exactly_zero_gradient(aggregation, loss_type, estimator):
     """mask_truncated_completions: the truncated row's log-probs get a gradient of exactly 0, and the other rows get
     the gradient they would get if the truncated row were not in the batch at all (up to the aggregation's
     normaliser: sequence_* and constant divide by the number of rows, which still counts the masked one)."""
@@ -468,7 +570,7 @@ def test_masked_truncated_completions_get_exactly_zero_gradient(aggregation, los
     adv = torch.tensor([0.5, 2.0, -1.0])  # [B]
     ref = base - 0.3  # [B, L]
     logp = base.clone().requires_grad_(True)
-    loss, _ = grpo_loss(logp, ref, None, adv, mask, loss_type=loss_type, kl_coeff=0.1, kl_estimator="k3",
+    loss, _ = grpo_loss(logp, ref, None, adv, mask, loss_type=loss_type, kl_coeff=0.1, kl_estimator=estimator,
                         aggregation=aggregation, max_completion_length=4)
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.equal(grad[1], torch.zeros(4))
