@@ -40,7 +40,7 @@ import train_sft  # noqa: E402
 from mathrl.config import resolve_config  # noqa: E402
 from mathrl.data import load_jsonl  # noqa: E402
 from mathrl.modeling import load_tokenizer, resolve_model_path  # noqa: E402
-from mathrl.prompts import completion_text  # noqa: E402
+from mathrl.prompts import completion_text, target_text  # noqa: E402
 from transformers import TrainerCallback, set_seed  # noqa: E402
 
 TINY_CONFIG = "configs/tiny.yaml"
@@ -95,8 +95,8 @@ def build_trl(model_dir: str, examples: list[dict], config: dict, total_steps: i
         logging_steps=total_steps + 1, save_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_pin_memory=False,
     )
-    fmt = config["prompt_format"]
-    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": completion_text(str(e["answer"]), fmt)}
+    fmt, target = config["prompt_format"], config["sft_target"]
+    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": completion_text(target_text(e, target), fmt)}
                                  for e in examples])
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=dataset, processing_class=load_tokenizer(model_dir),
                          callbacks=[callback])

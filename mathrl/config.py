@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from mathrl.errors import UserError
+from mathrl.prompts import SFT_TARGETS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
@@ -121,6 +122,7 @@ VALID_RANGES = {
     "eval_every": (lambda v: v >= 0, ">= 0"),
     "warmup_steps": (lambda v: v >= 0, ">= 0"),
     "max_train_seconds": (lambda v: v >= 0, ">= 0 (0: no limit)"),
+    "sft_target": (lambda v: v in SFT_TARGETS, f"one of {', '.join(SFT_TARGETS)}"),
 }
 
 

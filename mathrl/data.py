@@ -32,6 +32,11 @@ How this departs from the paper:
   memorised answer, which would hide whether it computes under the new wording; and accuracy on these
   items compares one to one with accuracy on the same (a, op, b) in tiny_eval.
 
+- tiny_reasoning_{train,eval,ood} are tiny_{train,eval,ood} line for line (same problems, prompts and integer
+  "answer") plus a "solution" key: a worked solution of varied verbosity ending in "#### N"
+  (mathrl/worked_solutions.py; the style of each line drawn from its own seeded generator, so the tiny files
+  stay as they were). SFT trains on it with `sft_target: solution` (configs/tiny_reasoning.yaml).
+
 Within each family, eval and train share no (a, op, b) triple, and no eval or OOD prompt string equals a
 train prompt string. Every file is a pure function of the seed: one random.Random per file family, pools
 enumerated in a fixed order, lines written in a fixed order; `python -m mathrl.data` regenerates them.
@@ -44,6 +49,7 @@ import re
 from pathlib import Path
 
 from mathrl.errors import UserError, run_cli
+from mathrl.worked_solutions import draw_style, worked_solution
 
 OPS = ("+", "-", "*", "/")
 
@@ -304,6 +310,12 @@ def tiny_ood(tiny_eval: list[dict], rng: random.Random, per_op: int = 25) -> lis
     return operands + phrased
 
 
+def with_solutions(examples: list[dict], rng: random.Random) -> list[dict]:
+    """The examples, each with a "solution" key: its worked solution in a style drawn from rng."""
+    return [{**ex, "solution": worked_solution(ex["a"], ex["operation"], ex["b"], int(ex["answer"]), draw_style(rng))}
+            for ex in examples]
+
+
 def _tiny_eval_counts(pools: dict[str, list[Pair]], fraction: float = 0.2) -> dict[str, int]:
     return {op: round(fraction * len(pool)) for op, pool in pools.items()}
 
@@ -320,12 +332,18 @@ def build_datasets(seed: int = 0) -> dict[str, list[dict]]:
     pools = tiny_pools()
     small_train, small_eval = split_pairs(pools, tiny_rng, n_eval=_tiny_eval_counts(pools),
                                           eval_needs_twin=("*", "/"))
+    small_ood = tiny_ood(small_eval, tiny_rng)
+    # Its own generator: drawing the solution styles leaves every earlier file unchanged.
+    reasoning_rng = random.Random(f"reasoning:{seed}")
     return {
         "math_tasks_train.jsonl": paper_train,
         "math_tasks_eval.jsonl": paper_eval,
         "tiny_train.jsonl": small_train,
         "tiny_eval.jsonl": small_eval,
-        "tiny_ood.jsonl": tiny_ood(small_eval, tiny_rng),
+        "tiny_ood.jsonl": small_ood,
+        "tiny_reasoning_train.jsonl": with_solutions(small_train, reasoning_rng),
+        "tiny_reasoning_eval.jsonl": with_solutions(small_eval, reasoning_rng),
+        "tiny_reasoning_ood.jsonl": with_solutions(small_ood, reasoning_rng),
     }
 
 

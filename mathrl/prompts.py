@@ -16,9 +16,11 @@ from __future__ import annotations
 from mathrl.errors import UserError
 
 PROMPT_FORMATS = ("plain", "chat")
+SFT_TARGETS = ("answer", "solution")
 
 
-def _shorten(text: str, limit: int = 60) -> str:
+def shorten(text: str, limit: int = 60) -> str:
+    """`text`, cut to `limit` characters ending in "..." when longer, for one-line error messages."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -54,7 +56,7 @@ def prompt_ids(tokenizer, prompt: str, prompt_format: str, max_prompt_length: in
     ids = encode_text(tokenizer, prompt_text(tokenizer, prompt, prompt_format))
     if len(ids) > max_prompt_length:
         # Cutting either end loses the question or the generation marker next to the answer: refuse instead.
-        raise UserError(f'prompt "{_shorten(prompt)}" is {len(ids)} tokens, more than max_prompt_length '
+        raise UserError(f'prompt "{shorten(prompt)}" is {len(ids)} tokens, more than max_prompt_length '
                         f"{max_prompt_length}; raise --max_prompt_length")
     return ids
 
@@ -76,17 +78,32 @@ def completion_ids(tokenizer, answer: str, prompt_format: str, max_completion_le
     joint = encode_text(tokenizer, context + completion_text(answer, prompt_format))  # [P + A]
     if joint[: len(before)] != before:
         raise UserError(
-            f'prompt "{_shorten(prompt)}" with answer "{_shorten(answer, 20)}": the tokenizer merges tokens across '
+            f'prompt "{shorten(prompt)}" with answer "{shorten(answer, 20)}": the tokenizer merges tokens across '
             f"the prompt/answer boundary, so the answer's tokens cannot be separated from the prompt's"
         )
     ids = joint[len(before):]
     return ids[: max_completion_length - 1] + [tokenizer.eos_token_id]
 
 
+def target_text(example: dict, sft_target: str) -> str:
+    """What SFT trains the model to write for an example: its integer "answer" (the paper), or with sft_target
+    "solution" its worked "solution" text (data/tiny_reasoning_*, ending in "#### N")."""
+    if sft_target == "answer":
+        return str(example["answer"])
+    if sft_target != "solution":
+        raise UserError(f'sft_target "{sft_target}": expected one of {", ".join(SFT_TARGETS)}')
+    solution = example.get("solution")
+    if not isinstance(solution, str) or not solution.strip():
+        raise UserError(f'sft_target solution: the example "{shorten(example["prompt"])}" has no "solution" text')
+    return solution
+
+
 def encode_example(tokenizer, example: dict, config: dict) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids ending in EOS) for one {"prompt", "answer"} example."""
+    """(prompt ids, completion ids ending in EOS) for one {"prompt", "answer"} example; the completion is the
+    answer or the worked solution (`target_text`, config key sft_target)."""
     fmt = config["prompt_format"]
     return (
         prompt_ids(tokenizer, example["prompt"], fmt, config["max_prompt_length"]),
-        completion_ids(tokenizer, str(example["answer"]), fmt, config["max_completion_length"], example["prompt"]),
+        completion_ids(tokenizer, target_text(example, config["sft_target"]), fmt, config["max_completion_length"],
+                       example["prompt"]),
     )

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from mathrl.checkpoint import TMP_CHECKPOINT
 from mathrl.errors import UserError
-from mathrl.prompts import completion_ids, prompt_ids
+from mathrl.answers import extract_answer
+from mathrl.prompts import completion_ids, prompt_ids, shorten, target_text
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -65,15 +66,23 @@ def check_safetensors(path: Path) -> None:
 # ---- training data --------------------------------------------------------------------------------------------
 
 def check_train_examples(tokenizer, examples: list[dict], config: dict) -> None:
-    """Refuse answers that do not fit max_completion_length (with EOS); warn about characters the tokenizer
-    maps to its unknown token, which the model can neither read nor write."""
+    """Refuse SFT targets (the answer, or the worked solution with sft_target solution) that do not fit
+    max_completion_length (with EOS), and worked solutions whose final answer is not the example's answer; warn
+    about characters the tokenizer maps to its unknown token, which the model can neither read nor write."""
     unk, where = tokenizer.unk_token_id, config["train_file"]
-    fmt, unknown = config["prompt_format"], []
+    fmt, unknown, kind = config["prompt_format"], [], config["sft_target"]
     for n, example in enumerate(examples):
-        # answer + EOS, uncut, tokenized as it follows its prompt (as training encodes it)
-        answer = completion_ids(tokenizer, str(example["answer"]), fmt, sys.maxsize, example["prompt"])
+        try:
+            text = target_text(example, kind)
+        except UserError as err:
+            raise UserError(f"{where} line {example_lines(where)[n]}: {err}") from None
+        if kind == "solution" and str(extract_answer(text)) != example["answer"]:
+            raise UserError(f'{where} line {example_lines(where)[n]}: the solution "{shorten(text, 40)}" ends in the '
+                            f'answer {extract_answer(text)}, not {example["answer"]}')
+        # target + EOS, uncut, tokenized as it follows its prompt (as training encodes it)
+        answer = completion_ids(tokenizer, text, fmt, sys.maxsize, example["prompt"])
         if len(answer) > config["max_completion_length"]:
-            raise UserError(f'{where} line {example_lines(where)[n]}: the answer "{example["answer"]}" is '
+            raise UserError(f'{where} line {example_lines(where)[n]}: the {kind} "{shorten(text, 40)}" is '
                             f'{len(answer)} tokens with EOS; max_completion_length is '
                             f'{config["max_completion_length"]}, so it would be cut and trained as a wrong label. '
                             "Raise max_completion_length")

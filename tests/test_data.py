@@ -11,7 +11,7 @@ from mathrl.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FILES = ("math_tasks_train.jsonl", "math_tasks_eval.jsonl", "tiny_train.jsonl", "tiny_eval.jsonl",
-         "tiny_ood.jsonl")
+         "tiny_ood.jsonl", "tiny_reasoning_train.jsonl", "tiny_reasoning_eval.jsonl", "tiny_reasoning_ood.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ EXAMPLE = {"prompt": PROMPT, "answer": "42"}
 
 def fmt_config(prompt_format: str, max_prompt_length: int = 128, max_completion_length: int = 16) -> dict:
     return {"prompt_format": prompt_format, "max_prompt_length": max_prompt_length,
-            "max_completion_length": max_completion_length}
+            "max_completion_length": max_completion_length, "sft_target": "answer"}
 
 
 # ---------------------------------------------------------------------------------------------------------

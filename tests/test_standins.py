@@ -32,7 +32,7 @@ REFERENCE_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
     "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
 )
-CHAT = {"prompt_format": "chat", "max_prompt_length": 128, "max_completion_length": 16}
+CHAT = {"prompt_format": "chat", "max_prompt_length": 128, "max_completion_length": 16, "sft_target": "answer"}
 MINI = {"model_name": "builtin:tinyllama-mini"}
 
 
