@@ -5,6 +5,7 @@
     python train_sft.py --learning_rate 1e-4 --num_epochs 1 --output_dir runs/try1
     python train_sft.py --config configs/tiny.yaml --init_from checkpoints/tiny/sft/step_250 --max_train_seconds 60
     python train_sft.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
+    python train_sft.py --config configs/tiny_reasoning.yaml   # worked solutions as targets (sft_target: solution)
     torchrun --standalone --nproc_per_node 2 train_sft.py --config configs/tiny.yaml   # k processes (README)
 
 Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/eval_samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/
