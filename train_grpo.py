@@ -336,8 +336,8 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
                                run.tokenizer.eos_token_id)  # [N]
     trained = loss_mask(rollout.mask, truncated, config["mask_truncated_completions"])  # [N, L]
     old_logp, loss_stats, grad_norm = None, {}, 0.0
-    # token_mean's count of kept tokens is that of every process's rollouts (the other aggregations average over
-    # sequences, and every process holds as many).
+    # token_mean's count of kept tokens is that of every process's rollouts (the other aggregations, and the
+    # squared_sequence KL, average over sequences, and every process holds as many).
     # With one process `aggregate` counts them itself, and no other aggregation reads it: skip the collective.
     token_divisor = None
     if config["loss_aggregation"] == "token_mean" and run.accelerator.num_processes > 1:

@@ -232,6 +232,8 @@ def kl_per_token(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
 def kl_per_sequence(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
     """The paper's KL penalty (3.3.4, B.1), one value per completion: (sum_t log pi - sum_t log pi_ref)^2 over the
     kept tokens; logp, ref_logp, mask [B, L] -> [B]. A row with no kept token gets 0. Estimator "squared_sequence".
+    It reads only the per-token log-probs, so the trainer's shared-prompt fast path
+    (fast_paths.shared_prompt_completion_logits) serves it as it serves the per-token estimators.
     """
     keep = mask > 0  # [B, L]
     # where, not multiply: padding log-probs may be -inf, and 0 * inf is NaN.

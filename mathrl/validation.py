@@ -76,9 +76,11 @@ def check_train_examples(tokenizer, examples: list[dict], config: dict) -> None:
             text = target_text(example, kind)
         except UserError as err:
             raise UserError(f"{where} line {example_lines(where)[n]}: {err}") from None
-        if kind == "solution" and str(extract_answer(text)) != example["answer"]:
-            raise UserError(f'{where} line {example_lines(where)[n]}: the solution "{shorten(text, 40)}" ends in the '
-                            f'answer {extract_answer(text)}, not {example["answer"]}')
+        final = extract_answer(text) if kind == "solution" else None
+        if kind == "solution" and str(final) != example["answer"]:
+            ends = "has no integer final answer" if final is None else f"ends in the answer {final}"
+            raise UserError(f'{where} line {example_lines(where)[n]}: the solution "{shorten(text, 40)}" {ends}; '
+                            f'its "answer" is {example["answer"]}')
         # target + EOS, uncut, tokenized as it follows its prompt (as training encodes it)
         answer = completion_ids(tokenizer, text, fmt, sys.maxsize, example["prompt"])
         if len(answer) > config["max_completion_length"]:

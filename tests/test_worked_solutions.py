@@ -186,7 +186,9 @@ def write_lines(path: Path, rows: list[dict]) -> str:
     ({"prompt": "What is 1 + 2?", "answer": "3"},
      r'train.jsonl line 3: sft_target solution: the example "What is 1 \+ 2\?" has no "solution" text'),
     ({"prompt": "What is 1 + 2?", "answer": "3", "solution": "1+2=3. #### 4"},
-     r'train.jsonl line 3: the solution "1\+2=3. #### 4" ends in the answer 4, not 3'),
+     r'train.jsonl line 3: the solution "1\+2=3. #### 4" ends in the answer 4; its "answer" is 3'),
+    ({"prompt": "What is 1 + 2?", "answer": "3", "solution": "1+2=3. ####"},
+     r'train.jsonl line 3: the solution "1\+2=3. ####" has no integer final answer; its "answer" is 3'),
     ({"prompt": "What is 1 + 2?", "answer": "3", "solution": "We need 1 + 2. " * 4 + "#### 3"},
      r'train.jsonl line 3: the solution "We need 1 \+ 2. We need 1 \+ 2. We need..." is 68 tokens with EOS; '
      r"max_completion_length is 30"),
