@@ -165,6 +165,17 @@ def test_sft_target_picks_the_text_sft_trains_on(char_tok):
     assert labels[len(prompt):].tolist() == completion
 
 
+def test_the_sft_loader_trains_on_the_solutions(char_tok, datasets):
+    """train_sft's own loader, with configs/tiny_reasoning.yaml: every labelled token sequence is " " + a worked
+    solution, then EOS."""
+    config = {**resolve_config("sft", REASONING_CONFIG), "batch_size": 4}
+    examples = datasets["tiny_reasoning_train.jsonl"][:4]
+    (batch,) = list(train_sft.build_train_loader(examples, char_tok, config))
+    trained = {char_tok.decode(row[row != IGNORE_INDEX][:-1].tolist()) for row in batch["labels"]}
+    assert trained == {" " + ex["solution"] for ex in examples}
+    assert all(row[row != IGNORE_INDEX][-1] == char_tok.eos_token_id for row in batch["labels"])
+
+
 def test_sft_target_is_validated_when_the_config_is_read(tmp_path):
     with pytest.raises(UserError, match=r'--sft_target: key "sft_target" must be one of answer, solution, got '
                                         r"'steps'"):
