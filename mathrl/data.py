@@ -31,7 +31,6 @@ How this departs from the paper:
   that differs from tiny_eval: a model could answer a rephrased *training* problem by recalling the
   memorised answer, which would hide whether it computes under the new wording; and accuracy on these
   items compares one to one with accuracy on the same (a, op, b) in tiny_eval.
-
 - tiny_reasoning_{train,eval,ood} are tiny_{train,eval,ood} line for line (same problems, prompts and integer
   "answer") plus a "solution" key: a worked solution of varied verbosity ending in "#### N"
   (mathrl/worked_solutions.py; the style of each line drawn from its own seeded generator, so the tiny files

@@ -11,9 +11,9 @@ import struct
 import sys
 from pathlib import Path
 
+from mathrl.answers import extract_answer
 from mathrl.checkpoint import TMP_CHECKPOINT
 from mathrl.errors import UserError
-from mathrl.answers import extract_answer
 from mathrl.prompts import completion_ids, prompt_ids, shorten, target_text
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
