@@ -213,6 +213,12 @@ def test_bad_solutions_are_one_line_errors_naming_the_line(char_tok, tmp_path, r
     check_train_examples(char_tok, load_jsonl(path)[:1], config)  # the good line alone passes
 
 
+@pytest.mark.parametrize("section", ["sft", "grpo", "evaluate", "compare"])
+def test_reasoning_config_resolves_for_every_script(section):
+    config = resolve_config(section, REASONING_CONFIG)
+    assert config["sft_target"] == "solution" and config["model_name"] == "builtin:tiny"
+
+
 def test_max_completion_length_fits_the_longest_trace_exactly(char_tok, datasets):
     """configs/tiny_reasoning.yaml's max_completion_length is the longest worked solution of the three files, in
     tokens with EOS as training encodes it: nothing is cut, in training or when generating for eval and OOD."""
