@@ -93,7 +93,8 @@ def test_trained_checkpoint_keeps_the_stand_in_tokenizer(runs):
 
     tokenizer = load_tokenizer(str(runs["root"] / "grpo/final"))
     p, c = encode_example(tokenizer, {"prompt": PROMPT, "answer": "5"},
-                          {"prompt_format": "chat", "max_prompt_length": 128, "max_completion_length": 8})
+                          {"prompt_format": "chat", "max_prompt_length": 128, "max_completion_length": 8,
+                           "sft_target": "answer"})
     assert p.count(tokenizer.bos_token_id) == 1 == (p[0] == tokenizer.bos_token_id)
     assert tokenizer.convert_ids_to_tokens(c) == ["5", "</s>"]
 

@@ -65,7 +65,8 @@ def test_answer_follows_the_assistant_marker_and_ends_with_im_end(loaded):
     conversation, through the EOS that closes the turn (the "\\n" after it is never trained)."""
     _, tok = loaded
     p, c = encode_example(tok, {"prompt": "What is 7 * 8?", "answer": "56"},
-                          {"prompt_format": "chat", "max_prompt_length": 128, "max_completion_length": 8})
+                          {"prompt_format": "chat", "max_prompt_length": 128, "max_completion_length": 8,
+                           "sft_target": "answer"})
     assert tok.convert_ids_to_tokens(p[-4:]) == ["<|im_start|>", "ass", "istant", "Ċ"]
     assert tok.convert_ids_to_tokens(c) == ["5", "6", "<|im_end|>"]
     messages = [{"role": "user", "content": "What is 7 * 8?"}, {"role": "assistant", "content": "56"}]
