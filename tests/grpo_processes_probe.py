@@ -21,7 +21,11 @@ from transformers import set_seed
 import train_grpo
 from mathrl.config import for_checkpoint, resolve_config
 from mathrl.distributed import gather_in_order, is_main_process, local_share, process_index, process_seed
+from mathrl.dynamic_sampling import mixed_groups
 from mathrl.objectives import group_advantages, grpo_loss
+
+# The step's metrics compared with one process's: the loss, and statistics over the global batch.
+COMPARED = ("loss", "grad_norm", "reward_mean", "zero_std_group_fraction", "groups_drawn", "generated_tokens")
 
 
 def merge(rollouts: list[train_grpo.Rollout], pad_id: int) -> train_grpo.Rollout:
@@ -82,10 +86,12 @@ def main() -> None:
     grad_norm = torch.nn.utils.clip_grad_norm_(initial.parameters(), float("inf"))
     with open(out, "w") as f:
         json.dump({"shares": shares, "global_batch": [e["prompt"] for e in global_batch],
-                   "processes": {"loss": result.metrics["loss"], "grad_norm": result.metrics["grad_norm"],
-                                 "reward_mean": result.metrics["reward_mean"]},
+                   "processes": {key: result.metrics[key] for key in COMPARED},
                    "one_process": {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                                   "reward_mean": rewards.mean().item()}}, f)
+                                   "reward_mean": rewards.mean().item(),
+                                   "zero_std_group_fraction": (~mixed_groups(rewards, config["group_size"]))
+                                   .float().mean().item(),
+                                   "groups_drawn": len(global_batch), "generated_tokens": int(merged.mask.sum())}}, f)
 
 
 if __name__ == "__main__":
