@@ -256,11 +256,10 @@ class StopSignals:
         sys.exit(128 + self.signum)
 
 
-def resume_command(ckpt: Path, argv: list[str] | None = None, launcher: list[str] | None = None) -> str:
+def resume_command(ckpt: Path | str, argv: list[str] | None = None) -> str:
     """The command this run was launched with (`python ...`, or its `torchrun` / `accelerate launch` command on
-    several processes), with --resume_from CKPT (any earlier --resume_from replaced)."""
+    several processes), with --resume_from CKPT (a step_N/ or auto; any earlier --resume_from replaced)."""
     argv = list(sys.argv if argv is None else argv)
-    launcher = launch_prefix(argv) if launcher is None else launcher
     args, i = [], 1
     while i < len(argv):
         if argv[i] == "--resume_from":
@@ -269,7 +268,7 @@ def resume_command(ckpt: Path, argv: list[str] | None = None, launcher: list[str
         if not argv[i].startswith("--resume_from="):
             args.append(argv[i])
         i += 1
-    return shlex.join([*launcher, argv[0], *args, "--resume_from", str(ckpt)])
+    return shlex.join([*launch_prefix(argv), argv[0], *args, "--resume_from", str(ckpt)])
 
 
 # ---- the non-finite guard -------------------------------------------------------------------------------------

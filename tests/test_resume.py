@@ -314,8 +314,9 @@ def test_full_disk_is_a_one_line_error_naming_the_path(tmp_path, monkeypatch, mi
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tokenizer, "save_pretrained", full)
-    with pytest.raises(UserError, match=f"no space left on device while writing {tmp_path / 'step_2'}"):
+    with pytest.raises(UserError, match=f"no space left on device while writing {tmp_path / 'step_2'}") as error:
         save_checkpoint(tmp_path, "step_2", model, tokenizer, micro_config)
+    assert str(error.value).endswith("resume with: " + resume_command("auto"))  # the launch's own command
     assert list(tmp_path.iterdir()) == []  # the half-written temporary directory is gone
     if Path("/dev/full").exists():  # a device that is always full: the metrics log says so too
         with pytest.raises(UserError, match="no space left on device while writing /dev/full"):
