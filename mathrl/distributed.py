@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -144,15 +143,18 @@ def any_process(flag: bool) -> bool:
 def launch_prefix(script_argv: list[str]) -> list[str]:
     """How the user started this launch, up to the script (this process's sys.argv): ["python"] for one process;
     with several, the launcher's own command line (`torchrun --nproc_per_node 2`, `accelerate launch --config_file
-    F`), read from the parent process (both start their workers themselves, with the script's argv verbatim);
-    `torchrun --nproc_per_node K` when the parent's command line cannot be read (no /proc)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    F`), read from the parent process (both start their workers themselves, with the script's argv verbatim).
+    Where the parent is no such launcher (srun, mpirun) or its command line cannot be read (no /proc), the
+    torchrun command for this machine's processes."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world == "1":
         return ["python"]
     try:
         parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")[:-1]
     except (OSError, UnicodeDecodeError):
         parent = []
-    return launcher_in(parent, script_argv) or ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", "1")]
+    return launcher_in(parent, script_argv) or ["torchrun", "--nproc_per_node",
+                                                os.environ.get("LOCAL_WORLD_SIZE", world)]
 
 
 def launcher_in(parent_argv: list[str], script_argv: list[str]) -> list[str] | None:

@@ -70,7 +70,6 @@ def main() -> None:
         return
 
     merged = merge(rollouts, run.tokenizer.pad_token_id)
-    everything = [e for share in shares for e in share]
     samples = [e for e in global_batch for _ in range(config["group_size"])]
     rewards = torch.tensor(run.reward_model.score_batch(samples, merged.texts,
                                                         num_tokens=merged.mask.sum(1).tolist())["total"])
