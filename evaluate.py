@@ -120,6 +120,16 @@ def predictions_file(output: Path) -> Path:
     return output.with_suffix(".predictions.jsonl")
 
 
+def report(results: list[dict], output: Path, sampling: dict | None) -> None:
+    """Write the JSON summary and the predictions; print the tables and where they went."""
+    predictions_path = write_outputs(results, output)
+    print(markdown_table(results))
+    if sampling:
+        rows = [(r["ckpt"], r["eval_file"], r["diversity"]) for r in results]
+        print("\nSampled completions:\n" + diversity_table(rows, ("checkpoint", "eval file")))
+    print(f"\nresults: {output}\npredictions: {predictions_path}")
+
+
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -148,14 +158,11 @@ def main() -> None:
         results += evaluate_checkpoint(ckpt, eval_sets, config, accelerator, sampling)
 
     # ---- report ---------------------------------------------------------------------------------------
-    if not accelerator.is_main_process:  # every process holds the gathered results; one writes them
-        return
-    predictions_path = write_outputs(results, output)
-    print(markdown_table(results))
-    if sampling:
-        rows = [(r["ckpt"], r["eval_file"], r["diversity"]) for r in results]
-        print("\nSampled completions:\n" + diversity_table(rows, ("checkpoint", "eval file")))
-    print(f"\nresults: {output}\npredictions: {predictions_path}")
+    if accelerator.is_main_process:  # every process holds the gathered results; one writes them
+        report(results, output, sampling)
+    # The others wait: a process leaving while its peer still works was seen aborted at exit (SIGABRT under gloo,
+    # in tests/grpo_processes_probe.py), and the launcher then stops the main process before it has written.
+    accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ from mathrl.config import require_positive
 from mathrl.data import load_jsonl
 from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
 from mathrl.distributed import (any_process, gather_in_order, gather_rows, local_share, loss_divisor,
-                                mean_over_processes, sum_over_processes, summed_over_processes)
+                                mean_over_processes, sum_over_processes, summed_over_processes,
+                                token_means_over_processes)
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
@@ -70,6 +71,8 @@ NUM_SAMPLES_LOGGED = 4
 # Sampling statistics each process counts over its own groups; metrics.jsonl reports their sums over the processes
 # (generation_rounds is the same on every process: dynamic sampling runs on one).
 SUMMED_SAMPLING_STATS = ("groups_drawn", "groups_dropped", "groups_unused", "generated_tokens")
+# grpo_loss's statistics that are means over the trained tokens (mathrl/objectives.py).
+TRAINED_TOKEN_STATS = ("kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high")
 
 
 @dataclass
@@ -372,9 +375,13 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
     truncated = gather_rows(truncated)  # [N_global]
     correct = gather_in_order(scored["correct"])
     terms = {name: gather_in_order(values) for name, values in scored["terms"].items() if name != "total"}
-    # Each process's loss is its share of the global loss times k, so their mean is the global loss.
-    loss_stats = mean_over_processes({**loss_stats, "unparsed_fraction": run.reward_model.unparsed_fraction,
-                                      "entropy": entropy.item()})
+    # Each process's loss is its share of the global loss times k, so their mean is the global loss; token means are
+    # over every process's tokens (kl and the clip fractions over the trained ones, entropy over the completions).
+    token_stats = {**token_means_over_processes({key: loss_stats.pop(key) for key in TRAINED_TOKEN_STATS},
+                                                int(trained.sum())),
+                   **token_means_over_processes({"entropy": entropy.item()}, int(rollout.mask.sum()))}
+    loss_stats = {**mean_over_processes({**loss_stats, "unparsed_fraction": run.reward_model.unparsed_fraction}),
+                  **token_stats}
     generation_seconds = timer.seconds["generation"]
     # Sampling over the global batch: every process's groups and generated tokens; the rate is the launch's (the
     # processes generate side by side, so their rates add up).

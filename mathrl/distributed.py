@@ -127,6 +127,16 @@ def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
     return {name: value / k for name, value in summed_over_processes(values).items()}
 
 
+def token_means_over_processes(means: dict[str, float], tokens: int) -> dict[str, float]:
+    """Means over every process's tokens, from each process's means over its own `tokens` (weighted by them; the
+    means themselves with one process). With no token anywhere, 0.0, as a token mean over none is here."""
+    if process_count() == 1:
+        return means
+    summed = sum_over_processes(torch.tensor([*(value * tokens for value in means.values()), tokens],
+                                             dtype=torch.float64, device=state().device)).tolist()
+    return {name: value / max(summed[-1], 1.0) for name, value in zip(means, summed)}
+
+
 def gather_in_order(items: list) -> list:
     """Every process's list, concatenated in process order (the list itself with one process)."""
     return gather_object(items) if process_count() > 1 else items

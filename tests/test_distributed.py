@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import TINY_CONFIG, run_script_in_process
-from mathrl.distributed import launcher_in, loss_divisor, process_seed, shard_bounds
+from mathrl import distributed
+from mathrl.distributed import launcher_in, loss_divisor, process_seed, shard_bounds, token_means_over_processes
 
 
 def test_loss_divisor_gives_the_token_mean_of_the_global_window():
@@ -22,6 +24,18 @@ def test_loss_divisor_gives_the_token_mean_of_the_global_window():
     # A token mean per micro-batch, averaged over the window and the processes, would weigh tokens unequally:
     assert ((3.0 / 3 + 10.0 / 5) / 2 + 4.0 / 2) / 2 != pytest.approx(1.7)
     assert loss_divisor(0, 2) == 0.5  # a batch without completion tokens never divides by zero
+
+
+def test_token_means_over_processes_weigh_each_process_by_its_tokens(monkeypatch):
+    """Process 0: kl 2.0 over 3 tokens; process 1 (simulated): kl 5.0 over 1 token. The global token mean is
+    (6 + 5) / 4 = 2.75, not the mean of the two means (3.5)."""
+    other = torch.tensor([5.0 * 1, 1.0], dtype=torch.float64)  # process 1's (kl x tokens, tokens)
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed, "state", lambda: type("State", (), {"device": "cpu"})())
+    monkeypatch.setattr(distributed, "sum_over_processes", lambda mine: mine + other)
+    assert token_means_over_processes({"kl": 2.0}, tokens=3) == {"kl": pytest.approx(2.75)}
+    other = torch.zeros(2, dtype=torch.float64)
+    assert token_means_over_processes({"kl": 0.0}, tokens=0) == {"kl": 0.0}  # no token anywhere: 0, no division by 0
 
 
 def test_shard_bounds_cover_every_item_once_in_order():

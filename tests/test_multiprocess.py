@@ -185,7 +185,8 @@ def test_grpo_on_two_processes_writes_once(sft_runs, tmp_path):
 
 def test_grpo_loss_on_two_processes_equals_one_process_on_the_same_rollouts(sft_runs, tmp_path):
     """At learning rate 0, the logged loss and gradient norm of a 2-process step equal those one process computes
-    on both processes' rollouts, and so do its rewards and sampling counts (groups drawn, generated tokens);
+    on both processes' rollouts, and so do its rewards, token means (kl, entropy) and sampling counts (groups
+    drawn, generated tokens);
     token_mean is the aggregation whose divisor spans the processes."""
     out = tmp_path / "probe.json"
     ok(launch(2, "tests/grpo_processes_probe.py", out, "--init_from", sft_runs[2] / "final",
