@@ -18,6 +18,10 @@ batch of prompts, num_return_sequences=K, seeded) and adds a "diversity" dict to
 majority-vote accuracy, sampled accuracy, mean distinct answers and distinct completion strings per prompt
 (definitions in mathrl/diversity.py); each prediction then also lists its "samples".
 
+On k processes (`accelerate launch` / `torchrun`) each process decodes a contiguous share of the examples (and
+samples a share of the sampling batches, each batch seeded by its index); the predictions are gathered in order,
+so the results are those of one process.
+
 How this departs from the paper: the paper reports one accuracy; here each checkpoint is decoded greedily in
 batches (one generate call per batch, left padding), the answer is read and judged as the reward does
 (mathrl/answers.py),
@@ -35,6 +39,7 @@ from transformers import set_seed
 
 from mathrl.config import for_checkpoint, parse_args
 from mathrl.data import OPS, load_jsonl
+from mathrl.distributed import gather_in_order, local_batches
 from mathrl.diversity import diversity_metrics, diversity_table
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import greedy_accuracy
@@ -45,14 +50,19 @@ from mathrl.validation import check_output_file, write_atomically
 
 def sampled_diversity(model, tokenizer, examples: list[dict], config: dict, k: int, temperature: float,
                       top_p: float) -> tuple[dict, list[list[str]]]:
-    """K sampled completions per prompt: (diversity metrics, the completion texts per prompt)."""
-    set_seed(config["seed"])  # the same samples whatever was evaluated before
+    """K sampled completions per prompt: (diversity metrics, the completion texts per prompt).
+
+    The prompts go in batches of eval_batch_size // K (about eval_batch_size sequences per generate call), batch i
+    sampled with seed + i, so the samples depend neither on what was evaluated before nor on the number of
+    processes: each process samples a contiguous share of the batches and the texts are gathered in order."""
     model.eval()
-    # About eval_batch_size sequences per generate call: eval_batch_size // K prompts, K samples each.
-    outputs = complete(model, tokenizer, [e["prompt"] for e in examples], config,
-                       batch_size=max(1, config["eval_batch_size"] // k), do_sample=True,
-                       temperature=temperature, top_p=top_p, num_samples=k)
-    texts = [[s["text"] for s in samples] for samples in outputs]
+    texts = []
+    for index, batch in local_batches(examples, max(1, config["eval_batch_size"] // k)):
+        set_seed(config["seed"] + index)
+        outputs = complete(model, tokenizer, [e["prompt"] for e in batch], config, batch_size=len(batch),
+                           do_sample=True, temperature=temperature, top_p=top_p, num_samples=k)
+        texts += [[s["text"] for s in samples] for samples in outputs]
+    texts = gather_in_order(texts)
     metrics = diversity_metrics(texts, examples)
     return {**metrics, "temperature": temperature, "top_p": top_p}, texts
 
@@ -110,6 +120,16 @@ def predictions_file(output: Path) -> Path:
     return output.with_suffix(".predictions.jsonl")
 
 
+def report(results: list[dict], output: Path, sampling: dict | None) -> None:
+    """Write the JSON summary and the predictions; print the tables and where they went."""
+    predictions_path = write_outputs(results, output)
+    print(markdown_table(results))
+    if sampling:
+        rows = [(r["ckpt"], r["eval_file"], r["diversity"]) for r in results]
+        print("\nSampled completions:\n" + diversity_table(rows, ("checkpoint", "eval file")))
+    print(f"\nresults: {output}\npredictions: {predictions_path}")
+
+
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -138,14 +158,11 @@ def main() -> None:
         results += evaluate_checkpoint(ckpt, eval_sets, config, accelerator, sampling)
 
     # ---- report ---------------------------------------------------------------------------------------
-    if not accelerator.is_main_process:  # every process holds the gathered results; one writes them
-        return
-    predictions_path = write_outputs(results, output)
-    print(markdown_table(results))
-    if sampling:
-        rows = [(r["ckpt"], r["eval_file"], r["diversity"]) for r in results]
-        print("\nSampled completions:\n" + diversity_table(rows, ("checkpoint", "eval file")))
-    print(f"\nresults: {output}\npredictions: {predictions_path}")
+    if accelerator.is_main_process:  # every process holds the gathered results; one writes them
+        report(results, output, sampling)
+    # The others wait: a process leaving while its peer still works was seen aborted at exit (SIGABRT under gloo,
+    # in tests/grpo_processes_probe.py), and the launcher then stops the main process before it has written.
+    accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ from mathrl.config import require_positive
 from mathrl.data import load_jsonl
 from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
 from mathrl.distributed import (any_process, gather_in_order, gather_rows, local_share, loss_divisor,
-                                mean_over_processes, sum_over_processes)
+                                mean_over_processes, sum_over_processes, summed_over_processes,
+                                token_means_over_processes)
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
@@ -69,6 +70,11 @@ from mathrl.tracking import make_tracker
 from mathrl.validation import check_train_examples
 
 NUM_SAMPLES_LOGGED = 4
+# Sampling statistics each process counts over its own groups; metrics.jsonl reports their sums over the processes
+# (generation_rounds is the same on every process: dynamic sampling runs on one).
+SUMMED_SAMPLING_STATS = ("groups_drawn", "groups_dropped", "groups_unused", "generated_tokens")
+# grpo_loss's statistics that are means over the trained tokens (mathrl/objectives.py).
+TRAINED_TOKEN_STATS = ("kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high")
 
 
 @dataclass
@@ -252,7 +258,7 @@ def main() -> None:
             if main_process:
                 progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
         if not last:  # the last step is saved as final/
-            stopping = any_process(stop.requested)  # a signal: save this step whatever save_every says, then exit
+            stopping = stop.requested_on_any_process()  # save this step whatever save_every says, then exit
             save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
                           step, batches_drawn=run.batches.drawn, always=stopping)
             if stopping:
@@ -371,10 +377,20 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
     truncated = gather_rows(truncated)  # [N_global]
     correct = gather_in_order(scored["correct"])
     terms = {name: gather_in_order(values) for name, values in scored["terms"].items() if name != "total"}
-    # Each process's loss is its share of the global loss times k, so their mean is the global loss.
-    loss_stats = mean_over_processes({**loss_stats, "unparsed_fraction": run.reward_model.unparsed_fraction,
-                                      "entropy": entropy.item()})
+    # Each process's loss is its share of the global loss times k, so their mean is the global loss; token means are
+    # over every process's tokens (kl and the clip fractions over the trained ones, entropy over the completions).
+    token_stats = {**token_means_over_processes({key: loss_stats.pop(key) for key in TRAINED_TOKEN_STATS},
+                                                int(trained.sum())),
+                   **token_means_over_processes({"entropy": entropy.item()}, int(rollout.mask.sum()))}
+    loss_stats = {**mean_over_processes({**loss_stats, "unparsed_fraction": run.reward_model.unparsed_fraction}),
+                  **token_stats}
     generation_seconds = timer.seconds["generation"]
+    # Sampling over the global batch: every process's groups and generated tokens; the rate is the launch's (the
+    # processes generate side by side, so their rates add up).
+    counts = summed_over_processes({**{key: sampling_stats[key] for key in SUMMED_SAMPLING_STATS},
+                                    "generated_tokens_per_s": sampling_stats["generated_tokens"]
+                                    / max(generation_seconds, 1e-9)})
+    sampling_stats = {**sampling_stats, **{key: int(counts[key]) for key in SUMMED_SAMPLING_STATS}}
     metrics = {
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
@@ -391,7 +407,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         "grad_norm": grad_norm,
         "lr": lr,
         "generation_seconds": generation_seconds,
-        "generated_tokens_per_s": sampling_stats["generated_tokens"] / max(generation_seconds, 1e-9),
+        "generated_tokens_per_s": counts["generated_tokens_per_s"],
     }
     samples = [{"prompt": batch[i // config["group_size"]]["prompt"], "completion": rollout.texts[i],
                 "reward": local_rewards[i].item(), "advantage": local_advantages[i].item()}

@@ -233,7 +233,7 @@ def main() -> None:
                     progress.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
                 window_start = time.perf_counter()  # evaluation time is not training throughput
             if not last:  # the last step is saved as final/
-                stopping = any_process(stop.requested)  # a signal: save this step whatever save_every says, then exit
+                stopping = stop.requested_on_any_process()  # save this step whatever save_every says, then exit
                 save_periodic(output_dir, run.unwrapped, run.tokenizer, config, run.optimizer, run.scheduler, clock,
                               step, batches_drawn=batches.drawn, always=stopping)
                 if stopping:

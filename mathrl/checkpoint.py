@@ -151,8 +151,10 @@ def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
 def write_error(err: Exception, path: Path) -> Exception:
     """A failed write as a one-line UserError naming the path (a full disk said plainly); other errors as they are."""
     if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
-        return UserError(f"no space left on device while writing {path}; free space and resume the run "
-                         "(--resume_from auto: its last complete step_N/ is intact)")
+        from mathrl.resume import resume_command  # (resume.py imports this module)
+
+        return UserError(f"no space left on device while writing {path}; its last complete step_N/ is intact: free "
+                         f"space, then resume with: {resume_command('auto')}")
     if isinstance(err, OSError):
         return UserError(f"cannot write {path} ({err.strerror or err})")
     return err

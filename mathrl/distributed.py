@@ -1,7 +1,7 @@
 """Several processes (`accelerate launch` / `torchrun`): one meaning of every config key whatever their number.
 
     torchrun --nproc_per_node 2 train_sft.py --config configs/tiny.yaml
-    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml train_sft.py --config configs/tiny.yaml
+    accelerate launch --config_file configs/accelerate/cpu.yaml train_sft.py --config configs/tiny.yaml
 
 `batch_size` is global: the examples (SFT, per micro-batch) or prompts (GRPO) of one step summed over the k
 processes, so k processes take the update one process takes. Each process trains on a contiguous share of the
@@ -13,6 +13,8 @@ main process writes files; with one process every function here is the identity.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
@@ -61,6 +63,14 @@ def shard_bounds(n: int, rank: int, num_processes: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+def local_batches(items: list, batch_size: int) -> list[tuple[int, list]]:
+    """This process's contiguous share of the batches of `batch_size` items one process would make, each with its
+    index among them: a batch is the same on every process count (so can be its sampling seed)."""
+    batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+    first, end = shard_bounds(len(batches), process_index(), process_count())
+    return [(index, batches[index]) for index in range(first, end)]
+
+
 def local_share(items: list, what: str) -> list:
     """This process's contiguous share of a global batch that the processes split evenly (an error otherwise:
     uneven shares would weigh the processes' examples differently)."""
@@ -103,13 +113,28 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return gather(tensor) if process_count() > 1 else tensor
 
 
+def summed_over_processes(values: dict[str, float]) -> dict[str, float]:
+    """Each value summed over the processes (the values themselves with one process)."""
+    if process_count() == 1:
+        return values
+    total = sum_over_processes(torch.tensor(list(values.values()), dtype=torch.float64, device=state().device))
+    return dict(zip(values, total.tolist()))
+
+
 def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
     """Each value averaged over the processes (the values themselves with one process)."""
     k = process_count()
-    if k == 1:
-        return values
-    total = sum_over_processes(torch.tensor(list(values.values()), dtype=torch.float64, device=state().device))
-    return {name: float(v) / k for name, v in zip(values, total.tolist())}
+    return {name: value / k for name, value in summed_over_processes(values).items()}
+
+
+def token_means_over_processes(means: dict[str, float], tokens: int) -> dict[str, float]:
+    """Means over every process's tokens, from each process's means over its own `tokens` (weighted by them; the
+    means themselves with one process). With no token anywhere, 0.0, as a token mean over none is here."""
+    if process_count() == 1:
+        return means
+    summed = sum_over_processes(torch.tensor([*(value * tokens for value in means.values()), tokens],
+                                             dtype=torch.float64, device=state().device)).tolist()
+    return {name: value / max(summed[-1], 1.0) for name, value in zip(means, summed)}
 
 
 def gather_in_order(items: list) -> list:
@@ -123,6 +148,47 @@ def any_process(flag: bool) -> bool:
     if process_count() == 1:
         return flag
     return bool(sum_over_processes(torch.tensor(int(flag), device=state().device)))
+
+
+def launch_prefix(script_argv: list[str]) -> list[str]:
+    """How the user started this launch, up to the script (this process's sys.argv): ["python"] for one process;
+    with several, the launcher's own command line (`torchrun --nproc_per_node 2`, `accelerate launch --config_file
+    F`), read from the parent process (both start their workers themselves, with the script's argv verbatim).
+    Where the parent is no such launcher (srun, mpirun) or its command line cannot be read (no /proc), the
+    torchrun command for this machine's processes."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world == "1":
+        return ["python"]
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except (OSError, UnicodeDecodeError):
+        parent = []
+    return launcher_in(parent, script_argv) or ["torchrun", "--nproc_per_node",
+                                                os.environ.get("LOCAL_WORLD_SIZE", world)]
+
+
+def launcher_in(parent_argv: list[str], script_argv: list[str]) -> list[str] | None:
+    """The part of a launcher's command line before the script's argv, as typed: an interpreter shown as `python`,
+    a console script on PATH (torchrun, accelerate) by its name; None if `script_argv` is not its tail."""
+    tail = len(script_argv)
+    if tail == 0 or len(parent_argv) <= tail or parent_argv[-tail:] != script_argv:
+        return None
+    launcher = parent_argv[:-tail]
+    if Path(launcher[0]).name.startswith("python"):
+        launcher = ["python", *launcher[1:]]
+        if len(launcher) > 1 and not launcher[1].startswith("-"):  # `python /venv/bin/torchrun`: a console script
+            name = Path(launcher[1]).name
+            found = shutil.which(name)
+            launcher = [name if found and Path(found).resolve() == Path(launcher[1]).resolve() else launcher[1],
+                        *launcher[2:]]
+    return launcher
+
+
+def values_over_processes(value: int) -> list[int]:
+    """Every process's integer `value`, in process order ([value] with one process)."""
+    if process_count() == 1:
+        return [value]
+    return gather(torch.tensor([value], device=state().device)).tolist()
 
 
 def wait_for_everyone() -> None:

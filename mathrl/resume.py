@@ -34,7 +34,8 @@ from transformers import set_seed
 
 from mathrl.checkpoint import TRAINING_STATE_NAME, prepare_output_dir, set_rng_state
 from mathrl.config import for_checkpoint, load_saved_config, parse_args
-from mathrl.distributed import is_main_process, process_count, process_index, process_seed
+from mathrl.distributed import (is_main_process, launch_prefix, process_count, process_index, process_seed,
+                                values_over_processes)
 from mathrl.errors import UserError, close_progress_bars
 from mathrl.lora import check_lora, load_trained_weights
 from mathrl.tracking import check_report_to
@@ -231,9 +232,13 @@ class StopSignals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, self._handle)
 
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
+    def requested_on_any_process(self) -> bool:
+        """Whether a signal reached some process (`kill PID` may reach only one). Every process then stops after
+        this step and takes the signal of the first process that got one, so all exit with the same status."""
+        signals = [s for s in values_over_processes(self.signum or 0) if s]
+        if signals and self.signum is None:
+            self.signum = signals[0]
+        return bool(signals)
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
@@ -244,14 +249,16 @@ class StopSignals:
 
     def exit(self, ckpt: Path) -> None:
         close_progress_bars()
-        name = signal.Signals(self.signum).name
-        print(f"stopped by {name} after {ckpt.name}; saved {ckpt}\nresume with: {resume_command(ckpt)}",
-              file=sys.stderr, flush=True)
+        if is_main_process():  # one message for the launch
+            name = signal.Signals(self.signum).name
+            print(f"stopped by {name} after {ckpt.name}; saved {ckpt}\nresume with: {resume_command(ckpt)}",
+                  file=sys.stderr, flush=True)
         sys.exit(128 + self.signum)
 
 
-def resume_command(ckpt: Path, argv: list[str] | None = None) -> str:
-    """This process's command line with --resume_from CKPT (any earlier --resume_from replaced)."""
+def resume_command(ckpt: Path | str, argv: list[str] | None = None) -> str:
+    """The command this run was launched with (`python ...`, or its `torchrun` / `accelerate launch` command on
+    several processes), with --resume_from CKPT (a step_N/ or auto; any earlier --resume_from replaced)."""
     argv = list(sys.argv if argv is None else argv)
     args, i = [], 1
     while i < len(argv):
@@ -261,7 +268,7 @@ def resume_command(ckpt: Path, argv: list[str] | None = None) -> str:
         if not argv[i].startswith("--resume_from="):
             args.append(argv[i])
         i += 1
-    return shlex.join(["python", argv[0], *args, "--resume_from", str(ckpt)])
+    return shlex.join([*launch_prefix(argv), argv[0], *args, "--resume_from", str(ckpt)])
 
 
 # ---- the non-finite guard -------------------------------------------------------------------------------------

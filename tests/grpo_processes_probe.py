@@ -20,8 +20,14 @@ from transformers import set_seed
 
 import train_grpo
 from mathrl.config import for_checkpoint, resolve_config
-from mathrl.distributed import gather_in_order, is_main_process, local_share, process_index, process_seed
+from mathrl.distributed import (gather_in_order, is_main_process, local_share, process_index, process_seed,
+                                wait_for_everyone)
+from mathrl.dynamic_sampling import mixed_groups
 from mathrl.objectives import group_advantages, grpo_loss
+
+# The step's metrics compared with one process's: the loss, and statistics over the global batch.
+COMPARED = ("loss", "grad_norm", "reward_mean", "kl", "entropy", "zero_std_group_fraction", "groups_drawn",
+            "generated_tokens")
 
 
 def merge(rollouts: list[train_grpo.Rollout], pad_id: int) -> train_grpo.Rollout:
@@ -62,30 +68,34 @@ def main() -> None:
     result = train_grpo.grpo_step(run, batch, config)
     shares = gather_in_order([[e["prompt"] for e in batch]])
     rollouts = gather_in_order([recorded[0]])
-    if not is_main_process():
-        return
+    if is_main_process():
+        one = one_process(run, initial, rollouts, global_batch, config)
+        with open(out, "w") as f:
+            json.dump({"shares": shares, "global_batch": [e["prompt"] for e in global_batch],
+                       "processes": {key: result.metrics[key] for key in COMPARED}, "one_process": one}, f)
+    wait_for_everyone()  # no process leaves while another works (see evaluate.py's report phase)
 
+
+def one_process(run, initial, rollouts: list, global_batch: list[dict], config: dict) -> dict:
+    """The COMPARED metrics as one process computes them on every process's rollouts, with the initial weights."""
     merged = merge(rollouts, run.tokenizer.pad_token_id)
-    everything = [e for share in shares for e in share]
     samples = [e for e in global_batch for _ in range(config["group_size"])]
     rewards = torch.tensor(run.reward_model.score_batch(samples, merged.texts,
                                                         num_tokens=merged.mask.sum(1).tolist())["total"])
     advantages = group_advantages(rewards, config["group_size"], config["advantage_mode"])
     with torch.no_grad():
         ref_logp = train_grpo.sequence_logprobs(run.reference, merged, config["temperature"])
-    logp = train_grpo.sequence_logprobs(initial, merged, config["temperature"])
-    loss, _ = grpo_loss(logp, ref_logp, None, advantages, merged.mask, loss_type=config["loss_type"],
-                        kl_coeff=config["kl_coeff"], kl_estimator=config["kl_estimator"],
-                        aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
-                        max_completion_length=config["max_completion_length"])
+    logp, entropy = train_grpo.sequence_logprobs(initial, merged, config["temperature"], True)
+    loss, stats = grpo_loss(logp, ref_logp, None, advantages, merged.mask, loss_type=config["loss_type"],
+                            kl_coeff=config["kl_coeff"], kl_estimator=config["kl_estimator"],
+                            aggregation=config["loss_aggregation"], epsilon=config["clip_epsilon"],
+                            max_completion_length=config["max_completion_length"])
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(initial.parameters(), float("inf"))
-    with open(out, "w") as f:
-        json.dump({"shares": shares, "global_batch": [e["prompt"] for e in global_batch],
-                   "processes": {"loss": result.metrics["loss"], "grad_norm": result.metrics["grad_norm"],
-                                 "reward_mean": result.metrics["reward_mean"]},
-                   "one_process": {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                                   "reward_mean": rewards.mean().item()}}, f)
+    return {"loss": loss.item(), "grad_norm": grad_norm.item(), "reward_mean": rewards.mean().item(),
+            "kl": stats["kl"], "entropy": entropy.item(),
+            "zero_std_group_fraction": (~mixed_groups(rewards, config["group_size"])).float().mean().item(),
+            "groups_drawn": len(global_batch), "generated_tokens": int(merged.mask.sum())}
 
 
 if __name__ == "__main__":

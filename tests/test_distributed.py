@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import TINY_CONFIG, run_script_in_process
-from mathrl.distributed import loss_divisor, process_seed, shard_bounds
+from mathrl import distributed
+from mathrl.distributed import launcher_in, loss_divisor, process_seed, shard_bounds, token_means_over_processes
 
 
 def test_loss_divisor_gives_the_token_mean_of_the_global_window():
@@ -24,10 +26,43 @@ def test_loss_divisor_gives_the_token_mean_of_the_global_window():
     assert loss_divisor(0, 2) == 0.5  # a batch without completion tokens never divides by zero
 
 
+def test_token_means_over_processes_weigh_each_process_by_its_tokens(monkeypatch):
+    """Process 0: kl 2.0 over 3 tokens; process 1 (simulated): kl 5.0 over 1 token. The global token mean is
+    (6 + 5) / 4 = 2.75, not the mean of the two means (3.5)."""
+    other = torch.tensor([5.0 * 1, 1.0], dtype=torch.float64)  # process 1's (kl x tokens, tokens)
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed, "state", lambda: type("State", (), {"device": "cpu"})())
+    monkeypatch.setattr(distributed, "sum_over_processes", lambda mine: mine + other)
+    assert token_means_over_processes({"kl": 2.0}, tokens=3) == {"kl": pytest.approx(2.75)}
+    other = torch.zeros(2, dtype=torch.float64)
+    assert token_means_over_processes({"kl": 0.0}, tokens=0) == {"kl": 0.0}  # no token anywhere: 0, no division by 0
+
+
 def test_shard_bounds_cover_every_item_once_in_order():
     assert [shard_bounds(5, r, 2) for r in (0, 1)] == [(0, 3), (3, 5)]
     assert [shard_bounds(1, r, 2) for r in (0, 1)] == [(0, 1), (1, 1)]
     assert [shard_bounds(6, r, 3) for r in (0, 1, 2)] == [(0, 2), (2, 4), (4, 6)]
+
+
+def test_launcher_in_reads_the_launch_command_off_the_parents_command_line(tmp_path, monkeypatch):
+    """The resume command of a k-process run starts as the user's did: the workers' parent is the launcher, whose
+    command line (/proc/PPID/cmdline) shows the interpreter running a console script."""
+    script = ["train_sft.py", "--config", "c.yaml"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("torchrun", "accelerate"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    torchrun = ["/usr/bin/python3.11", str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    assert launcher_in([*torchrun, *script], script) == ["torchrun", "--standalone", "--nproc_per_node", "2"]
+    accelerate = ["/venv/bin/python3", str(bin_dir / "accelerate"), "launch", "--config_file", "cpu.yaml"]
+    assert launcher_in([*accelerate, *script], script) == ["accelerate", "launch", "--config_file", "cpu.yaml"]
+    module = ["/usr/bin/python3", "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert launcher_in([*module, *script], script) == ["python", "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    elsewhere = ["/usr/bin/python3", "/opt/tools/bin/torchrun", "--nproc_per_node", "2"]  # not the one on PATH
+    assert launcher_in([*elsewhere, *script], script) == ["/opt/tools/bin/torchrun", "--nproc_per_node", "2"]
+    assert launcher_in(["/usr/bin/python3", "other.py"], script) is None  # not started by a launcher
 
 
 def test_process_seed_leaves_one_process_unchanged():

@@ -188,3 +188,40 @@ def test_inference_reads_prompts_from_stdin(bigram_dirs, in_process_runner, monk
     assert returncode == 0, stderr
     assert stdout.splitlines() == [CASES[1][0], "  -> '89'  (extracted answer: 89)",
                                    CASES[2][0], "  -> '9'  (extracted answer: 9)"]
+
+
+def test_sampled_diversity_shares_its_batches_between_processes(micro_model_and_tokenizer, micro_config, monkeypatch):
+    """`--samples` on 2 processes: each process samples only its share of the batches, and their texts, put
+    together, are those one process samples (each batch is seeded by its index, not by what came before it)."""
+    import evaluate
+    from mathrl import distributed
+
+    model, tokenizer = micro_model_and_tokenizer
+    examples = load_jsonl(REPO_ROOT / "data/tiny_eval.jsonl")[:10]
+    config = {**micro_config, "eval_batch_size": 8}  # 4 prompts x K=2 samples per generate call: batches 4, 4, 2
+    prompted = []
+    complete = evaluate.complete
+
+    def recording_complete(model, tokenizer, prompts, *args, **kwargs):
+        prompted.append(prompts)
+        return complete(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "complete", recording_complete)
+
+    def sample(rank: int, processes: int) -> tuple[list[str], list[list[str]]]:
+        """(the prompts process `rank` of `processes` sampled, its completion texts before the gather)."""
+        monkeypatch.setattr(distributed, "process_count", lambda: processes)
+        monkeypatch.setattr(distributed, "process_index", lambda: rank)
+        monkeypatch.setattr(distributed, "gather_object", lambda items: items)  # this process's items only
+        monkeypatch.setattr(evaluate, "diversity_metrics", lambda texts, examples: {})  # a share is not scored alone
+        prompted.clear()
+        _, texts = evaluate.sampled_diversity(model, tokenizer, examples, config, k=2, temperature=1.0, top_p=1.0)
+        return [p for batch in prompted for p in batch], texts
+
+    one_prompts, one_texts = sample(0, 1)
+    shares = [sample(rank, 2) for rank in (0, 1)]
+    prompts = [e["prompt"] for e in examples]
+    assert one_prompts == prompts
+    assert [s[0] for s in shares] == [prompts[:8], prompts[8:]]  # two batches and one: nothing sampled twice
+    assert shares[0][1] + shares[1][1] == one_texts
+    assert len({t for texts in one_texts for t in texts}) > 3  # the samples vary: the check can fail

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -43,8 +46,11 @@ def launch(nproc: int, *args, launcher: list[str] | None = None, timeout: float 
         command = [sys.executable, *map(str, args)]
     else:
         command = [*(launcher or torchrun(nproc)), *map(str, args)]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(REPO_ROOT)})
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=script_env())
+
+
+def script_env() -> dict[str, str]:
+    return {**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(REPO_ROOT)}
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -103,19 +109,67 @@ def test_sft_shares_of_uneven_and_tiny_batches(tmp_path, micro_overrides):
         assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
 
 
+def test_sft_stopped_on_two_processes_resumes_with_its_launch_command(sft_runs, tmp_path):
+    """Ctrl-C reaches torchrun alone (its workers run in sessions of their own), which passes SIGINT on to each:
+    they finish the step and save it, the main process prints the command that resumes the run (the torchrun
+    command, not `python ...`), and that command, on 2 processes, ends where the uninterrupted 2-process run did."""
+    out = tmp_path / "stopped"
+    tail = [*SFT_COMMAND, "--output_dir", str(out)]
+    proc = subprocess.Popen([*torchrun(2), *tail], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=script_env())
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    (ckpt,) = out.glob("step_*")
+    assert stderr.count(f"stopped by SIGINT after {ckpt.name}; saved {ckpt}") == 1, stderr[-3000:]  # once per launch
+    (line,) = [line for line in stderr.splitlines() if line.startswith("resume with: ")]
+    command = shlex.split(line.removeprefix("resume with: "))
+    assert command[-len(tail) - 2:] == [*tail, "--resume_from", str(ckpt)]
+    launcher = command[:-len(tail) - 2]
+    flags = ["--standalone", "--nproc_per_node", "2"]
+    assert launcher in (["python", "-m", "torch.distributed.run", *flags], [launcher[0], *flags])
+    assert launcher[0] == "python" or os.path.basename(launcher[0]) == "torchrun"
+
+    ok(subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=script_env()))
+    resumed, uninterrupted = read_jsonl(out / "metrics.jsonl"), read_jsonl(sft_runs[2] / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted]
+    for a, b in zip(resumed, uninterrupted):
+        for key in ("loss", "lr", "grad_norm", "eval_accuracy", "ood_accuracy"):
+            if key in b:
+                assert abs(a[key] - b[key]) <= 1e-5, (key, a, b)
+    weights = [load_file(run / "final" / "model.safetensors") for run in (out, sft_runs[2])]
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
+
+
+def test_accelerate_cpu_config_starts_two_processes(tmp_path):
+    """accelerate 1.15 runs a MULTI_CPU (or use_cpu) config as one process; configs/accelerate/cpu.yaml starts two."""
+    script = tmp_path / "processes.py"
+    script.write_text("from mathrl.distributed import process_count, process_index\n"
+                      "print(f'process {process_index()} of {process_count()}')\n")
+    proc = ok(launch(2, script, launcher=accelerate_launch(REPO_ROOT / "configs/accelerate/cpu.yaml"), timeout=180))
+    assert sorted(proc.stdout.split()) == sorted("process 0 of 2 process 1 of 2".split())
+
+
 def test_evaluate_on_two_processes_matches_one(sft_runs, tmp_path):
-    """Launched as README says for accelerate: `accelerate launch --config_file configs/accelerate/cpu.yaml`."""
+    """Launched as README says for accelerate: `accelerate launch --config_file configs/accelerate/cpu.yaml`.
+    Greedy and sampled (`--samples`): the same accuracy, diversity and per-example predictions and samples."""
     ckpt = sft_runs[2] / "final"
     results = {}
     for n in (1, 2):
         output = tmp_path / f"eval{n}.json"
         ok(launch(n, "evaluate.py", "--config", "configs/tiny.yaml", "--ckpt", ckpt, "--output", output,
+                  "--samples", "2", "--temperature", "1.0",
                   launcher=accelerate_launch(REPO_ROOT / "configs/accelerate/cpu.yaml")))
-        summary = json.loads(output.read_text())["results"]
-        results[n] = ([(r["eval_file"], r["accuracy"], r["num_examples"]) for r in summary],
-                      read_jsonl(output.with_suffix(".predictions.jsonl")))
+        results[n] = (json.loads(output.read_text())["results"], read_jsonl(output.with_suffix(".predictions.jsonl")))
     assert results[2] == results[1]
-    assert len(results[1][1]) == sum(r[2] for r in results[1][0])  # every example once, not once per process
+    summary, predictions = results[1]
+    assert len(predictions) == sum(r["num_examples"] for r in summary)  # every example once, not once per process
+    assert all(r["diversity"]["num_prompts"] == r["num_examples"] for r in summary)
+    assert len({s for p in predictions for s in p["samples"]}) > len(predictions) // 10  # sampled, not all alike
 
 
 def test_grpo_on_two_processes_writes_once(sft_runs, tmp_path):
@@ -131,7 +185,9 @@ def test_grpo_on_two_processes_writes_once(sft_runs, tmp_path):
 
 def test_grpo_loss_on_two_processes_equals_one_process_on_the_same_rollouts(sft_runs, tmp_path):
     """At learning rate 0, the logged loss and gradient norm of a 2-process step equal those one process computes
-    on both processes' rollouts; token_mean is the aggregation whose divisor spans the processes."""
+    on both processes' rollouts, and so do its rewards, token means (kl, entropy) and sampling counts (groups
+    drawn, generated tokens);
+    token_mean is the aggregation whose divisor spans the processes."""
     out = tmp_path / "probe.json"
     ok(launch(2, "tests/grpo_processes_probe.py", out, "--init_from", sft_runs[2] / "final",
               "--loss_aggregation", "token_mean", "--length_reward_weight", "1.0"))
@@ -141,7 +197,8 @@ def test_grpo_loss_on_two_processes_equals_one_process_on_the_same_rollouts(sft_
     assert shares[0] + shares[1] == probe["global_batch"]  # together: the batch one process would take
     processes, one = probe["processes"], probe["one_process"]
     assert abs(one["loss"]) > 1e-3  # non-zero advantages: the check can fail
-    for key in ("loss", "grad_norm", "reward_mean"):
+    assert set(processes) == set(one)
+    for key in one:  # the loss, and sampling statistics summed over both processes' groups
         assert processes[key] == pytest.approx(one[key], abs=1e-5, rel=1e-5), key
 
 
@@ -157,7 +214,7 @@ def test_fsdp_launch_is_refused_not_run_as_something_else(tmp_path):
     """accelerate turns an FSDP config on CPU into plain DDP; the scripts say FSDP is not supported instead."""
     config = (REPO_ROOT / "configs/accelerate/cpu.yaml").read_text() + (
         "fsdp_config:\n  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n")
-    (tmp_path / "fsdp.yaml").write_text(config.replace("distributed_type: MULTI_CPU", "distributed_type: FSDP"))
+    (tmp_path / "fsdp.yaml").write_text(config.replace("distributed_type: MULTI_GPU", "distributed_type: FSDP"))
     proc = launch(2, *SFT_COMMAND, "--output_dir", tmp_path / "out", launcher=accelerate_launch(tmp_path / "fsdp.yaml"),
                   timeout=180)
     assert proc.returncode != 0

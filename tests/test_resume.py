@@ -30,7 +30,8 @@ from mathrl.checkpoint import MetricsLog, save_checkpoint
 from mathrl.data import read_jsonl
 from mathrl.data import load_jsonl, write_jsonl
 from mathrl.errors import UserError
-from mathrl.resume import Batches, resume_command, sampling_guard
+from mathrl import resume
+from mathrl.resume import Batches, StopSignals, resume_command, sampling_guard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMING_KEYS = {"tokens_per_s", "elapsed_s", "eval_seconds", "step_seconds", "generation_seconds",
@@ -190,6 +191,29 @@ def test_resume_command_replaces_an_earlier_resume_from():
         "python train_sft.py --config 'c y.yaml' --seed 1 --resume_from out/step_5"
 
 
+def test_a_signal_on_one_process_stops_every_process_with_its_status(monkeypatch, capsys, tmp_path):
+    """`kill PID` reaches one process of a launch: every process stops after the step (else one would wait in a
+    collective forever), each exits with that signal's status, and only the main process prints the message."""
+    def as_process(rank: int, signalled: list[int]) -> tuple[bool, int, str]:
+        monkeypatch.setattr(resume, "values_over_processes", lambda value: signalled)  # every process's signal
+        monkeypatch.setattr(resume, "is_main_process", lambda: rank == 0)
+        stop = StopSignals.__new__(StopSignals)  # no handlers installed in the test process
+        stop.signum = signalled[rank] or None
+        requested = stop.requested_on_any_process()
+        with pytest.raises(SystemExit) as exit_:
+            stop.exit(tmp_path / "step_3")
+        return requested, exit_.value.code, capsys.readouterr().err
+
+    signalled = [0, int(signal.SIGTERM)]  # the signal reached process 1 only
+    main, other = as_process(0, signalled), as_process(1, signalled)
+    assert main[:2] == other[:2] == (True, 143)
+    assert main[2].startswith("stopped by SIGTERM after step_3") and other[2] == ""
+    quiet = StopSignals.__new__(StopSignals)
+    quiet.signum = None
+    monkeypatch.setattr(resume, "values_over_processes", lambda value: [0, 0])
+    assert quiet.requested_on_any_process() is False and quiet.signum is None
+
+
 def test_batches_fast_forward_continues_the_same_stream():
     loader = torch.utils.data.DataLoader(list(range(10)), batch_size=3, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
@@ -290,8 +314,9 @@ def test_full_disk_is_a_one_line_error_naming_the_path(tmp_path, monkeypatch, mi
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tokenizer, "save_pretrained", full)
-    with pytest.raises(UserError, match=f"no space left on device while writing {tmp_path / 'step_2'}"):
+    with pytest.raises(UserError, match=f"no space left on device while writing {tmp_path / 'step_2'}") as error:
         save_checkpoint(tmp_path, "step_2", model, tokenizer, micro_config)
+    assert str(error.value).endswith("resume with: " + resume_command("auto"))  # the launch's own command
     assert list(tmp_path.iterdir()) == []  # the half-written temporary directory is gone
     if Path("/dev/full").exists():  # a device that is always full: the metrics log says so too
         with pytest.raises(UserError, match="no space left on device while writing /dev/full"):
