@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import MICRO_OVERRIDES, REPO_ROOT, TINY_CONFIG
+
 from mathrl import modeling, tiny_base
 from mathrl.data import load_jsonl
 
