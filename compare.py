@@ -3,11 +3,12 @@
     python compare.py --config configs/tiny.yaml --output_dir results/tiny   # built-in tiny model, CPU
     python compare.py --config configs/tiny.yaml --force                     # redo every run (old ones kept)
     python compare.py --config configs/tiny.yaml --force grpo                # redo one run (and runs built on it)
+    python compare.py --config configs/tiny.yaml --seeds 3 --output_dir results/tiny-3seeds  # seeds 42, 43, 44
     python compare.py                                                         # TinyLlama-1.1B-Chat (GPU)
 
-Runs, one after another and each a subprocess of the repo's own scripts (no run shares a process, memory peak or
-timer with another), under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting; mathrl/runs.py
-is the list that planning, evaluation and the report loop over):
+Runs, each a subprocess of the repo's own scripts (no run shares a process, memory peak or timer with another),
+under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting; mathrl/runs.py is the list that
+planning, evaluation and the report loop over):
   base       the model as it is, untrained (evaluated only)
   sft        train_sft.py from the base model; also saves step_N/ every warm_start_steps steps
   grpo       train_grpo.py from the base model. A from-scratch tiny model almost never answers right, so every
@@ -21,6 +22,19 @@ is the list that planning, evaluation and the report loop over):
 Then evaluate.py decodes every checkpoint greedily (the headline) and samples diversity_samples completions per
 prompt, and OUTPUT_DIR/REPORT.md, results.json, samples.md and *.png are written (mathrl/report.py). Each run's
 console output is in OUTPUT_DIR/NAME/train.log.
+
+Side by side: up to parallel_runs runs at a time (1 in config.yaml, 2 in configs/tiny.yaml; mathrl/scheduler.py),
+each started once the checkpoint it starts from exists: grpo beside sft, the head-to-head as soon as the SFT run
+has saved its warm start. Above 1, each run gets OMP_NUM_THREADS=1 unless it is set, so two runs on two cores do
+not fight over threads; runs that share a machine time their training steps on a shared machine (the report says
+how many ran at a time). The evaluations also run parallel_runs at a time (per seed, or the targets split among
+calls): each checkpoint's evaluation is seeded on its own, so it is the same in any call.
+
+Seeds: `--seeds N` runs the whole experiment with seeds seed, seed+1, ..., seed+N-1, each in OUTPUT_DIR/seed-<s>/
+(a complete single-seed experiment with its own REPORT.md), and writes OUTPUT_DIR/REPORT.md and results.json over
+the seeds: per run the mean ± seed std of each accuracy beside its binomial SE, and each claim judged against the
+larger of the seed std and the sampling SE of its difference (mathrl/claims.py). Reuse, resume and --force work
+per seed as below; --seeds 1 (the default) is the single-seed layout, and the two layouts never share OUTPUT_DIR.
 
 Reuse: a run whose final/ exists is kept. A run interrupted after saving a step_N/ (train_sft.py and
 train_grpo.py save one on SIGINT / SIGTERM) is resumed from it (--resume_from auto); a run directory with
