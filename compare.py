@@ -40,8 +40,8 @@ Reuse: a run whose final/ exists is kept. A run interrupted after saving a step_
 train_grpo.py save one on SIGINT / SIGTERM) is resumed from it (--resume_from auto); a run directory with
 neither (interrupted before any save) is moved aside to NAME.old-<timestamp> and redone. So running the same
 command again finishes an interrupted compare.
-`--force [NAME ...]` moves those runs (every run, without names) aside the same way and redoes them; a run built
-on a redone run is redone too. Nothing is deleted. A kept run whose saved config differs from what this command
+`--force [NAME ...]` moves those runs (every run, without names; with --seeds, in every seed) aside the same way
+and redoes them; a run built on a redone run is redone too. Nothing is deleted. A kept run whose saved config differs from what this command
 would run is an error, so a report never mixes settings. Evaluations are kept beside each checkpoint
 (eval-*.json) and redone when the evaluation settings change.
 
@@ -63,7 +63,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -375,8 +374,8 @@ def main() -> None:
     parser.add_argument("--force", nargs="*", metavar="RUN", default=None,
                         help="redo these runs (all, without names); earlier ones are renamed NAME.old-<time>")
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="run the experiment with seeds seed, seed+1, ..., seed+N-1, each in OUTPUT_DIR/seed-<seed>/, "
-                             "and report over them (default 1: one experiment in OUTPUT_DIR)")
+                        help="run the experiment with seeds seed, seed+1, ..., seed+N-1, each in "
+                             "OUTPUT_DIR/seed-<seed>/, and report over them (default 1: one experiment in OUTPUT_DIR)")
     args, config = parse_args("compare", parser)
     if process_count() > 1:
         raise UserError("compare.py starts every run itself: run it with python, and set --launcher (e.g. "

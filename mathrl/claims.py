@@ -349,7 +349,8 @@ def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
     if all("total_ratio" in c for c in items):
         ratio, spread = mean_and_std([c["total_ratio"] for c in items])
         per_step, _ = mean_and_std([c["per_step_ratio"] for c in items])
-        evidence = f"GRPO / SFT training time {ratio:.2f}x ± {spread:.2f} (seed std), {per_step:.2f}x per step; " + evidence
+        evidence = (f"GRPO / SFT training time {ratio:.2f}x ± {spread:.2f} (seed std), {per_step:.2f}x per step; "
+                    + evidence)
         return comparison(first["runs"], result, evidence, total_ratio=ratio, per_step_ratio=per_step,
                           used="seed agreement")
     return comparison(first["runs"], result, evidence, used="seed agreement")

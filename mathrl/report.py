@@ -140,8 +140,8 @@ def with_se(accuracy: float | None, se: float | None, n: int | None) -> str:
 
 
 def results_table(rows: dict) -> str:
-    lines = ["| run | held-out acc ± SE (n) | twin-free held-out acc ± SE (n)¹ | OOD acc ± SE (n) | " + " | ".join(OPS)
-             + " | mean tokens | steps | train s | s/step | wall s | tokens | peak MB | stopped by time |"]
+    lines = ["| run | held-out acc ± SE (n) | twin-free held-out acc ± SE (n)¹ | OOD acc ± SE (n) | "
+             + " | ".join(OPS) + " | mean tokens | steps | train s | s/step | wall s | tokens | peak MB | stopped by time |"]
     lines.append("|" + "---|" * (lines[0].count("|") - 1))
     for name, r in rows.items():
         held = with_se(r["held_out_accuracy"], r["held_out_se"], r["held_out_n"])

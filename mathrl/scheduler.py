@@ -93,7 +93,7 @@ def run_jobs(jobs: list[Job], parallel: int, env: dict | None = None, start=laun
             if not running:
                 break
             time.sleep(poll_seconds)
-    except BaseException as error:  # Ctrl-C also reached the children (each saves a step_N/ and stops); else they finish
+    except BaseException as error:  # Ctrl-C reached the children too (each saves a step_N/); else they finish
         if running:
             stopping = isinstance(error, KeyboardInterrupt)
             print(f"{'stopping' if stopping else 'waiting for'} {', '.join(running)}"

@@ -140,7 +140,8 @@ def test_results_json_matches_each_run(experiment):
         assert row["held_out_se"] == pytest.approx(math.sqrt(row["held_out_accuracy"] *
                                                              (1 - row["held_out_accuracy"]) / 8))
         assert row["ood_accuracy"] == ood["accuracy"] and row["ood_n"] == 4
-        trained_twin = has_trained_twin(load_jsonl(held_out["eval_file"]), load_jsonl(experiment["root"] / "train.jsonl"))
+        trained_twin = has_trained_twin(load_jsonl(held_out["eval_file"]),
+                                        load_jsonl(experiment["root"] / "train.jsonl"))
         free = [p["correct"] for p, t in zip(own, trained_twin) if not t]
         assert row["twin_free_n"] == len(free) == data["header"]["twin_free"]["n"]
         assert row["twin_free_accuracy"] == (sum(free) / len(free) if free else None)

@@ -227,3 +227,16 @@ def test_two_seeds_end_to_end(tmp_path, script_runner):
     assert returncode == 0, stdout + stderr
     assert "training seed-43/grpo" in stdout and stdout.count("training") == 1
     assert list(out.glob("seed-*/grpo.old-*")) == list(out.glob("seed-43/grpo.old-*")) != []
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--seeds", "0"], "--seeds 0, parallel_runs 2: each must be at least 1"),
+    (["--parallel_runs", "0"], "--seeds 1, parallel_runs 0: each must be at least 1"),
+])
+def test_seeds_and_parallel_runs_below_one_are_refused(flags, fragment, tmp_path, in_process_runner):
+    from conftest import assert_user_error
+
+    code, _, stderr = in_process_runner("compare.py", "--config", "configs/tiny.yaml", "--output_dir", tmp_path / "o",
+                                        *flags)
+    assert_user_error(code, stderr, fragment)
+    assert not (tmp_path / "o").exists()
