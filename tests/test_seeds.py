@@ -11,7 +11,7 @@ import yaml
 
 from mathrl.claims import (CONTRADICTED, INCONCLUSIVE, SAMPLING_SE, SEED_STD, SUPPORTED, aggregate_claims,
                            aggregate_comparison, mean_and_std, seed_aggregate)
-from mathrl.data import load_jsonl, write_jsonl
+from mathrl.data import load_jsonl, read_jsonl, write_jsonl
 from mathrl.report import seeds_row, twin_free_accuracy, twin_free_set
 from test_compare import micro_config
 
@@ -240,3 +240,33 @@ def test_seeds_and_parallel_runs_below_one_are_refused(flags, fragment, tmp_path
                                         *flags)
     assert_user_error(code, stderr, fragment)
     assert not (tmp_path / "o").exists()
+
+
+def test_an_evaluation_is_the_same_in_any_call(tmp_path, micro_model_dir, micro_overrides, isolated_in_process_runner):
+    """compare.py may split a seed's evaluations among parallel evaluate.py calls: a checkpoint's greedy and sampled
+    completions must not depend on what the call evaluated before it."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(micro_model_dir, other)
+    weights = load_file(str(other / "model.safetensors"))
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.5 * torch.randn(v.shape, generator=generator) for k, v in weights.items()},
+              str(other / "model.safetensors"), metadata={"format": "pt"})
+    write_jsonl(tmp_path / "eval.jsonl", load_jsonl(REPO_ROOT / "data/tiny_eval.jsonl")[:6])
+
+    def evaluate(output: str, *ckpts) -> list[dict]:
+        code, _, stderr = isolated_in_process_runner(
+            "evaluate.py", "--config", "configs/tiny.yaml", *micro_overrides, *[a for c in ckpts for a in ("--ckpt", c)],
+            "--eval_file", tmp_path / "eval.jsonl", "--samples", "3", "--temperature", "1.0",
+            "--output", tmp_path / output)
+        assert code == 0, stderr
+        return read_jsonl((tmp_path / output).with_suffix(".predictions.jsonl"))
+
+    together = [p for p in evaluate("both.json", micro_model_dir, other) if p["ckpt"] == str(other)]
+    alone = evaluate("alone.json", other)
+    assert together == alone and len(alone) == 6
+    assert len({s for p in alone for s in p["samples"]}) > 1  # sampled, not one repeated string
