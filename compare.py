@@ -283,7 +283,7 @@ def evaluation_jobs(exp: Experiment, config: dict, config_file: str | None, grou
         if not shares:  # decided once, when the first call starts: a finished call's results are no longer stale
             stale = stale_targets(eval_targets(config, exp.out), settings)
             if not stale:
-                print(f"{exp.prefix}every evaluation is up to date", flush=True)
+                print("every evaluation is up to date" + (f" in {exp.out}" if exp.prefix else ""), flush=True)
             shares.extend(stale[i::groups] for i in range(groups))
         return shares[g]
 

@@ -310,11 +310,14 @@ def notes(runs: dict) -> list[str]:
 
 # ---- across seeds -----------------------------------------------------------------------------------------
 
-def judged(name: str, agg: dict, sampling_name: str) -> str:
-    """How one aggregated difference was judged, for the evidence."""
-    used = SEED_STD if agg["used"] == SEED_STD else sampling_name
-    return (f"{name} {agg['mean']:+.3f} (seed std {agg['seed_std']:.3f}, {sampling_name} {agg['sampling_se']:.3f}: "
-            f"judged against the {used}, 2 x {agg['uncertainty']:.3f})")
+def used_name(agg: dict, sampling_name: str) -> str:
+    """What a `seed_aggregate` verdict was judged against: SEED_STD, or the sampling SE by its name."""
+    return SEED_STD if agg["used"] == SEED_STD else sampling_name
+
+
+def with_spreads(name: str, agg: dict, sampling_name: str) -> str:
+    """An aggregated difference and both its uncertainties, for the evidence."""
+    return f"{name} {agg['mean']:+.3f} (seed std {agg['seed_std']:.3f}, {sampling_name} {agg['sampling_se']:.3f})"
 
 
 def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
@@ -326,26 +329,26 @@ def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
     if all("se" in c for c in items):
         agg = seed_aggregate([c["difference"] for c in items], [c["se"] for c in items])
         sampling = first.get("se_name", "binomial SE")
-        evidence = f"{judged('mean difference', agg, sampling)} over {len(items)} seeds; {seeds}"
+        evidence = f"{with_spreads('mean difference', agg, sampling)} over {len(items)} seeds; {seeds}"
         return comparison(first["runs"], agg["verdict"], evidence, difference=agg["mean"], seed_std=agg["seed_std"],
-                          se=agg["sampling_se"], used=SEED_STD if agg["used"] == SEED_STD else sampling)
+                          se=agg["sampling_se"], used=used_name(agg, sampling))
     if all("accuracy_se" in c for c in items):
         accuracy = seed_aggregate([c["accuracy_difference"] for c in items], [c["accuracy_se"] for c in items])
         length = seed_aggregate([c["length_difference"] for c in items], [c["length_se"] for c in items])
         learned_everywhere = all(c["sft_learned"] for c in items)
         result = two_stage_verdict(accuracy["mean"], accuracy["uncertainty"], length["mean"], length["uncertainty"],
                                    learned_everywhere)
-        evidence = (f"{judged('held-out accuracy difference', accuracy, 'binomial SE')}; "
-                    f"{judged('mean completion tokens difference', length, 'SE over prompts')} over {len(items)} "
+        evidence = (f"{with_spreads('held-out accuracy difference', accuracy, 'binomial SE')}; "
+                    f"{with_spreads('mean completion tokens difference', length, 'SE over prompts')} over {len(items)} "
                     f"seeds" + ("" if learned_everywhere else "; SFT did not learn with every seed") + f"; {seeds}")
-        used = ", ".join(dict.fromkeys(SEED_STD if a["used"] == SEED_STD else name for a, name in
-                                       ((accuracy, "binomial SE"), (length, "SE over prompts"))))
+        used = (f"{used_name(accuracy, 'binomial SE')} (accuracy) and the {used_name(length, 'SE over prompts')} "
+                "(length)")
         return comparison(first["runs"], result, evidence, accuracy_difference=accuracy["mean"],
                           length_difference=length["mean"], used=used)
     verdicts = {c["verdict"] for c in items}
     agree = len(verdicts) == 1
     result = next(iter(verdicts)) if agree else INCONCLUSIVE
-    evidence = f"{seeds}: the seeds {'agree' if agree else 'disagree'}"
+    evidence = f"{seeds}; the seeds {'agree' if agree else 'disagree'}"
     if all("total_ratio" in c for c in items):
         ratio, spread = mean_and_std([c["total_ratio"] for c in items])
         per_step, _ = mean_and_std([c["per_step_ratio"] for c in items])

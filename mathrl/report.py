@@ -93,8 +93,9 @@ def twin_free_set(config: dict) -> dict:
         counts = per_op.setdefault(operation_of(example), [0, 0])
         counts[0] += not trained
         counts[1] += 1
+    order = {op: i for i, op in enumerate(OPS)}
     return {"examples": examples, "trained_twin": trained_twin, "n": trained_twin.count(False),
-            "of": len(examples), "per_operation": per_op}
+            "of": len(examples), "per_operation": dict(sorted(per_op.items(), key=lambda kv: order.get(kv[0], 4)))}
 
 
 def twin_free_accuracy(predictions: list[dict], eval_examples: list[dict], trained_twin: list[bool]) -> float | None:
@@ -141,7 +142,8 @@ def with_se(accuracy: float | None, se: float | None, n: int | None) -> str:
 
 def results_table(rows: dict) -> str:
     lines = ["| run | held-out acc ± SE (n) | twin-free held-out acc ± SE (n)¹ | OOD acc ± SE (n) | "
-             + " | ".join(OPS) + " | mean tokens | steps | train s | s/step | wall s | tokens | peak MB | stopped by time |"]
+             + " | ".join(OPS) + " | mean tokens | steps | train s | s/step | wall s | tokens | peak MB | "
+             "stopped by time |"]
     lines.append("|" + "---|" * (lines[0].count("|") - 1))
     for name, r in rows.items():
         held = with_se(r["held_out_accuracy"], r["held_out_se"], r["held_out_n"])

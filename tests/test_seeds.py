@@ -59,11 +59,10 @@ def test_aggregate_comparison_says_what_it_judged_against():
     # differences 0.02, 0.18: mean 0.10, std 0.08 * sqrt(2) = 0.113 > SE 0.03; 0.10 < 0.226: inconclusive
     assert agg["verdict"] == INCONCLUSIVE and agg["used"] == SEED_STD
     assert agg["difference"] == pytest.approx(0.10) and agg["seed_std"] == pytest.approx(0.08 * math.sqrt(2))
-    assert "judged against the seed std" in agg["evidence"] and "seed 42: supported" in agg["evidence"]
+    assert "seed std 0.113, binomial SE 0.030" in agg["evidence"] and "seed 42: supported" in agg["evidence"]
     close = {42: comparison(SUPPORTED, difference=0.20, se=0.05), 43: comparison(SUPPORTED, difference=0.22, se=0.05)}
     agg = aggregate_comparison(close)
     assert (agg["verdict"], agg["used"]) == (SUPPORTED, "binomial SE")
-    assert "judged against the binomial SE" in agg["evidence"]
     diversity = {s: {**c, "se_name": "SE over prompts"} for s, c in close.items()}
     assert aggregate_comparison(diversity)["used"] == "SE over prompts"
 
@@ -125,19 +124,20 @@ def test_twin_free_accuracy_on_hand_built_files(tmp_path):
              {"prompt": "What is 9 - 4? Answer with an integer.", "answer": 5},
              {"prompt": "What is 7 * 6? Answer with an integer.", "answer": 42}]
     held_out = [
+        ("What is 6 * 7? Answer with an integer.", 42, False),  # twin 7 * 6 trained: recall
         ("What is 5 + 3? Answer with an integer.", 8, True),    # twin 3 + 5 trained: recall
         ("What is 2 + 7? Answer with an integer.", 9, False),   # 7 + 2 not trained: twin-free
         ("What is 9 - 5? Answer with an integer.", 4, True),    # 9 - 5 = 4 <-> 9 - 4 = 5, trained: recall
         ("What is 4 + 4? Answer with an integer.", 8, False),   # no twin: twin-free
-        ("What is 6 * 7? Answer with an integer.", 42, False),  # twin 7 * 6 trained: recall
         ("What is 8 - 1? Answer with an integer.", 7, True),    # 8 - 7 not trained: twin-free
     ]
     write_jsonl(tmp_path / "train.jsonl", train)
     write_jsonl(tmp_path / "eval.jsonl", [{"prompt": p, "answer": a} for p, a, _ in held_out])
     twin_free = twin_free_set({"train_file": tmp_path / "train.jsonl", "eval_file": tmp_path / "eval.jsonl"})
-    assert twin_free["trained_twin"] == [True, False, True, False, True, False]
+    assert twin_free["trained_twin"] == [True, True, False, True, False, False]
     assert (twin_free["n"], twin_free["of"]) == (3, 6)
-    assert twin_free["per_operation"] == {"+": [2, 3], "-": [1, 2], "*": [0, 1]}
+    # in the order of OPS, not of the file
+    assert list(twin_free["per_operation"].items()) == [("+", [2, 3]), ("-", [1, 2]), ("*", [0, 1])]
     predictions = [{"prompt": p, "correct": c} for p, _, c in held_out]
     # correct on 5 + 3, 9 - 5 (recall) and 8 - 1; of the twin-free 2 + 7, 4 + 4, 8 - 1 only 8 - 1: 1 / 3
     assert twin_free_accuracy(predictions, twin_free["examples"], twin_free["trained_twin"]) == pytest.approx(1 / 3)
@@ -260,7 +260,8 @@ def test_an_evaluation_is_the_same_in_any_call(tmp_path, micro_model_dir, micro_
 
     def evaluate(output: str, *ckpts) -> list[dict]:
         code, _, stderr = isolated_in_process_runner(
-            "evaluate.py", "--config", "configs/tiny.yaml", *micro_overrides, *[a for c in ckpts for a in ("--ckpt", c)],
+            "evaluate.py", "--config", "configs/tiny.yaml", *micro_overrides,
+            *[a for c in ckpts for a in ("--ckpt", c)],
             "--eval_file", tmp_path / "eval.jsonl", "--samples", "3", "--temperature", "1.0",
             "--output", tmp_path / output)
         assert code == 0, stderr
