@@ -115,3 +115,19 @@ def test_nothing_to_do_counts_as_finished(tmp_path):
     recorder = Recorder({"report": FakeProcess(1)})
     run_jobs([idle, job("report", tmp_path, after=["evaluate"])], 2, start=recorder, poll_seconds=0)
     assert recorder.started == ["report"]
+
+
+def test_ctrl_c_waits_for_the_running_jobs_to_stop(tmp_path, capsys):
+    """Ctrl-C reaches the children too (each saves a step_N/ and exits): compare waits for them, then stops."""
+    waited = []
+    process = FakeProcess(100)
+    process.wait = lambda: waited.append("sft")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    jobs = [job("sft", tmp_path), Job("grpo", tmp_path / "grpo.log", interrupted, ready=lambda finished: True)]
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, 2, start=Recorder({"sft": process}), poll_seconds=0)
+    assert waited == ["sft"]
+    assert "stopping sft (each saves a step_N/; the same command resumes it)" in capsys.readouterr().out
