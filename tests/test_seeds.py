@@ -8,12 +8,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_compare import micro_config
 
-from mathrl.claims import (CONTRADICTED, INCONCLUSIVE, SAMPLING_SE, SEED_STD, SUPPORTED, aggregate_claims,
-                           aggregate_comparison, mean_and_std, seed_aggregate)
+from mathrl.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    SAMPLING_SE,
+    SEED_STD,
+    SUPPORTED,
+    aggregate_claims,
+    aggregate_comparison,
+    mean_and_std,
+    seed_aggregate,
+)
 from mathrl.data import load_jsonl, read_jsonl, write_jsonl
 from mathrl.report import seeds_row, twin_free_accuracy, twin_free_set
-from test_compare import micro_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
