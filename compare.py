@@ -72,6 +72,7 @@ from mathrl.config import DEFAULT_CONFIG_PATH, for_checkpoint, load_saved_config
 from mathrl.data import load_jsonl, read_jsonl
 from mathrl.distributed import process_count
 from mathrl.errors import UserError, run_cli
+from mathrl.modeling import resolve_model_path
 from mathrl.resume import complete_steps
 from mathrl.report import write_report, write_seeds_report
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, SFT_SCRIPT, RunSpec, planned
@@ -411,6 +412,10 @@ def main() -> None:
         print(f"output: {exp.out}\nkept: {', '.join(exp.kept) or '-'}\n"
               f"to run: {', '.join(n for n in names if n in exp.redo) or '-'}"
               + (f"\nto resume: {', '.join(n for n in names if n in exp.resume)}" if exp.resume else ""))
+
+    # ---- base model: a built-in one is written (builtin:tiny-base: pretrained) once, before runs share it ----
+    if any(exp.redo | exp.resume for exp in experiments):
+        resolve_model_path(config["model_name"], config)
 
     # ---- train and evaluate, parallel_runs at a time ----------------------------------------------------
     groups = max(1, math.ceil(config["parallel_runs"] / len(experiments)))  # evaluate.py calls per seed

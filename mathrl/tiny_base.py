@@ -35,6 +35,7 @@ PRETRAINING = {
     "adam_betas": (0.9, 0.98),
     "max_grad_norm": 1.0,
     "init_seed": 42,
+    "threads": 2,                # fixed, so the base is the same model whatever OMP_NUM_THREADS the caller runs with
 }
 
 _SYMBOL = {"+": "+", "-": "-", "*": "*", "/": "/"}
@@ -119,6 +120,8 @@ def pretrain(model, tokenizer, settings: dict = PRETRAINING):
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
                                   weight_decay=settings["weight_decay"], betas=tuple(settings["adam_betas"]))
     schedule = get_cosine_schedule_with_warmup(optimizer, settings["warmup_steps"], settings["steps"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings["threads"])
     model.train()
     queue: list[str] = []
     progress = tqdm(range(settings["steps"]), desc="pretraining builtin:tiny-base", dynamic_ncols=True)
@@ -134,4 +137,5 @@ def pretrain(model, tokenizer, settings: dict = PRETRAINING):
         optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
+    torch.set_num_threads(threads)
     return model, tokenizer
