@@ -35,7 +35,7 @@ PRETRAINING = {
     "adam_betas": (0.9, 0.98),
     "max_grad_norm": 1.0,
     "init_seed": 42,
-    "threads": 2,                # fixed, so the base is the same model whatever OMP_NUM_THREADS the caller runs with
+    "threads": 1,                # fixed, so the base is the same model whatever OMP_NUM_THREADS the caller runs with
 }
 
 _SYMBOL = {"+": "+", "-": "-", "*": "*", "/": "/"}
