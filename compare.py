@@ -3,11 +3,12 @@
     python compare.py --config configs/tiny.yaml --output_dir results/tiny   # built-in tiny model, CPU
     python compare.py --config configs/tiny.yaml --force                     # redo every run (old ones kept)
     python compare.py --config configs/tiny.yaml --force grpo                # redo one run (and runs built on it)
+    python compare.py --config configs/tiny.yaml --seeds 3 --output_dir results/tiny-3seeds  # seeds 42, 43, 44
     python compare.py                                                         # TinyLlama-1.1B-Chat (GPU)
 
-Runs, one after another and each a subprocess of the repo's own scripts (no run shares a process, memory peak or
-timer with another), under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting; mathrl/runs.py
-is the list that planning, evaluation and the report loop over):
+Runs, each a subprocess of the repo's own scripts (no run shares a process, memory peak or timer with another),
+under OUTPUT_DIR (the `compare:` section of config.yaml holds every setting; mathrl/runs.py is the list that
+planning, evaluation and the report loop over):
   base       the model as it is, untrained (evaluated only)
   sft        train_sft.py from the base model; also saves step_N/ every warm_start_steps steps
   grpo       train_grpo.py from the base model. A from-scratch tiny model almost never answers right, so every
@@ -22,12 +23,25 @@ Then evaluate.py decodes every checkpoint greedily (the headline) and samples di
 prompt, and OUTPUT_DIR/REPORT.md, results.json, samples.md and *.png are written (mathrl/report.py). Each run's
 console output is in OUTPUT_DIR/NAME/train.log.
 
+Side by side: up to parallel_runs runs at a time (1 in config.yaml, 2 in configs/tiny.yaml; mathrl/scheduler.py),
+each started once the checkpoint it starts from exists: grpo beside sft, the head-to-head as soon as the SFT run
+has saved its warm start. Above 1, each run gets OMP_NUM_THREADS=1 unless it is set, so two runs on two cores do
+not fight over threads; runs that share a machine time their training steps on a shared machine (the report says
+how many ran at a time). The evaluations also run parallel_runs at a time (per seed, or the targets split among
+calls): each checkpoint's evaluation is seeded on its own, so it is the same in any call.
+
+Seeds: `--seeds N` runs the whole experiment with seeds seed, seed+1, ..., seed+N-1, each in OUTPUT_DIR/seed-<s>/
+(a complete single-seed experiment with its own REPORT.md), and writes OUTPUT_DIR/REPORT.md and results.json over
+the seeds: per run the mean ± seed std of each accuracy beside its binomial SE, and each claim judged against the
+larger of the seed std and the sampling SE of its difference (mathrl/claims.py). Reuse, resume and --force work
+per seed as below; --seeds 1 (the default) is the single-seed layout, and the two layouts never share OUTPUT_DIR.
+
 Reuse: a run whose final/ exists is kept. A run interrupted after saving a step_N/ (train_sft.py and
 train_grpo.py save one on SIGINT / SIGTERM) is resumed from it (--resume_from auto); a run directory with
 neither (interrupted before any save) is moved aside to NAME.old-<timestamp> and redone. So running the same
 command again finishes an interrupted compare.
-`--force [NAME ...]` moves those runs (every run, without names) aside the same way and redoes them; a run built
-on a redone run is redone too. Nothing is deleted. A kept run whose saved config differs from what this command
+`--force [NAME ...]` moves those runs (every run, without names; with --seeds, in every seed) aside the same way
+and redoes them; a run built on a redone run is redone too. Nothing is deleted. A kept run whose saved config differs from what this command
 would run is an error, so a report never mixes settings. Evaluations are kept beside each checkpoint
 (eval-*.json) and redone when the evaluation settings change.
 
@@ -47,20 +61,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mathrl.config import DEFAULT_CONFIG_PATH, for_checkpoint, load_saved_config, parse_args, read_yaml, resolve_config
 from mathrl.data import load_jsonl, read_jsonl
 from mathrl.distributed import process_count
 from mathrl.errors import UserError, run_cli
+from mathrl.modeling import resolve_model_path
 from mathrl.resume import complete_steps
-from mathrl.report import write_report
+from mathrl.report import write_report, write_seeds_report
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, SFT_SCRIPT, RunSpec, planned
+from mathrl.scheduler import Job, run_jobs
 
 REPO_ROOT = Path(__file__).resolve().parent
 # Not compared on reuse: OUTPUT_DIR may have been moved; a tracker changes where metrics go, not what they are.
@@ -85,6 +101,19 @@ class Target:
     ckpt: str
     eval_path: Path                   # its evaluation (JSON) and, beside it, its predictions
     offset_s: float = 0.0             # training time spent before this run started (its upstream's)
+
+
+@dataclass
+class Experiment:
+    """One seed's whole experiment: its directory, the overrides every script of it gets, and its plan."""
+    seed: int
+    out: Path
+    common: list[str]                 # passed to every script, after --config
+    prefix: str                       # before a run's name on the console: "" or "seed-<seed>/"
+    runs: list[Run] = field(default_factory=list)
+    redo: set[str] = field(default_factory=set)
+    resume: set[str] = field(default_factory=set)
+    kept: list[str] = field(default_factory=list)
 
 
 def cli_value(value) -> str:
@@ -181,21 +210,18 @@ def script_command(script: str, config_file: str | None, overrides: list[str], l
     return [*start, str(REPO_ROOT / script), *(["--config", config_file] if config_file else []), *overrides]
 
 
-def train(run: Run, out: Path, common: list[str], config_file: str | None, launcher: str,
-          resume: bool = False) -> None:
-    run_dir = out / run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = script_command(run.script, config_file,
-                             [*run_args(run, out, common), *(["--resume_from", "auto"] if resume else [])], launcher)
-    log = run_dir / "train.log"
-    print(f"{'resuming' if resume else 'training'} {run.name}: {run.script} (log: {log})", flush=True)
-    with log.open("a") as f:
-        f.write(f"$ {shlex.join(command)}\n")
-        f.flush()
-        returncode = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode
-    if returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
-        raise UserError(f"{run.name}: {run.script} failed (exit status {returncode}); end of {log}:\n{tail}")
+def training_job(run: Run, exp: Experiment, config_file: str | None, launcher: str) -> Job:
+    """A run to train (or resume) as a job: ready once the checkpoint it starts from exists."""
+    resume = run.name in exp.resume
+
+    def command() -> tuple[str, list[str]]:
+        (exp.out / run.name).mkdir(parents=True, exist_ok=True)
+        argv = script_command(run.script, config_file, [*run_args(run, exp.out, exp.common),
+                                                        *(["--resume_from", "auto"] if resume else [])], launcher)
+        return f"{'resuming' if resume else 'training'} {exp.prefix}{run.name}: {run.script}", argv
+
+    return Job(f"{exp.prefix}{run.name}", exp.out / run.name / "train.log", command,
+               ready=lambda finished: run.init_from is None or run.init_from.is_dir(), needs=str(run.init_from))
 
 
 def load_evaluation(eval_path: Path) -> list[dict]:
@@ -205,49 +231,78 @@ def load_evaluation(eval_path: Path) -> list[dict]:
     return [{**r, "predictions": [p for p in predictions if p["eval_file"] == r["eval_file"]]} for r in results]
 
 
-def evaluate(targets: list[Target], out: Path, common: list[str], config: dict,
-             config_file: str | None) -> dict[str, list[dict]]:
-    """Evaluate every target whose saved evaluation is missing or made with other settings, in one call; store
-    each beside its checkpoint (reused next time). Returns every target's results, predictions included."""
-    eval_files = [f for f in (config["eval_file"], config["ood_eval_file"]) if f]
-    settings = {"eval_files": eval_files, "samples": config["diversity_samples"],
-                "temperature": config["diversity_temperature"], "top_p": config["diversity_top_p"],
-                "config": {k: v for k, v in resolve_config("evaluate", config_file, common).items()
-                           if k not in NOT_COMPARED}}
-    stale = [t for t in targets if not t.eval_path.is_file()
-             or json.loads(t.eval_path.read_text()).get("settings") != {**settings, "ckpt": t.ckpt}]
-    evaluations = {t.name: load_evaluation(t.eval_path) for t in targets if t not in stale}
-    if not stale:
-        print("every evaluation is up to date")
-        return evaluations
-    pending = out / "evaluate-pending.json"
+def evaluation_settings(config: dict, config_file: str | None, common: list[str]) -> dict:
+    """What a stored evaluation must have been made with to be reused (its checkpoint is added per target)."""
+    return {"eval_files": [f for f in (config["eval_file"], config["ood_eval_file"]) if f],
+            "samples": config["diversity_samples"], "temperature": config["diversity_temperature"],
+            "top_p": config["diversity_top_p"],
+            "config": {k: v for k, v in resolve_config("evaluate", config_file, common).items()
+                       if k not in NOT_COMPARED}}
+
+
+def stale_targets(targets: list[Target], settings: dict) -> list[Target]:
+    """The targets whose saved evaluation is missing or made with other settings."""
+    return [t for t in targets if not t.eval_path.is_file()
+            or json.loads(t.eval_path.read_text()).get("settings") != {**settings, "ckpt": t.ckpt}]
+
+
+def evaluation_command(stale: list[Target], pending: Path, settings: dict, common: list[str],
+                       config_file: str | None, launcher: str) -> list[str]:
+    """One evaluate.py call for these targets, writing its results to `pending` (its own scratch file)."""
     sampling = ["--samples", str(settings["samples"]), "--temperature", str(settings["temperature"]),
                 "--top_p", str(settings["top_p"])] if settings["samples"] else []
-    command = script_command("evaluate.py", config_file, [
-        *common, *[a for t in stale for a in ("--ckpt", t.ckpt)], *[a for f in eval_files for a in ("--eval_file", f)],
-        *sampling, "--output", cli_value(pending), "--overwrite"],  # pending: this command's own scratch file
-        config["launcher"])
-    log = out / "evaluate.log"
-    print(f"evaluating {', '.join(t.name for t in stale)} (log: {log})", flush=True)
-    with log.open("a") as f:
-        f.write(f"$ {shlex.join(command)}\n")
-        f.flush()
-        if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
-            raise UserError(f"evaluate.py failed; see {log}")
+    return script_command("evaluate.py", config_file, [
+        *common, *[a for t in stale for a in ("--ckpt", t.ckpt)],
+        *[a for f in settings["eval_files"] for a in ("--eval_file", f)],
+        *sampling, "--output", cli_value(pending), "--overwrite"], launcher)
+
+
+def store_evaluations(stale: list[Target], pending: Path, settings: dict) -> None:
+    """Split evaluate.py's results into one evaluation beside each checkpoint (reused next time)."""
     results = json.loads(pending.read_text())["results"]
     predictions_path = pending.with_suffix(".predictions.jsonl")
     predictions = read_jsonl(predictions_path)
     for t in stale:
-        own = [r for r in results if r["ckpt"] == t.ckpt]
         own_predictions = [p for p in predictions if p["ckpt"] == t.ckpt]
         t.eval_path.parent.mkdir(parents=True, exist_ok=True)
         t.eval_path.with_suffix(".predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in own_predictions))
-        t.eval_path.write_text(json.dumps({"settings": {**settings, "ckpt": t.ckpt}, "results": own}, indent=2))
-        evaluations[t.name] = [{**r, "predictions": [p for p in own_predictions if p["eval_file"] == r["eval_file"]]}
-                               for r in own]
+        t.eval_path.write_text(json.dumps({"settings": {**settings, "ckpt": t.ckpt},
+                                           "results": [r for r in results if r["ckpt"] == t.ckpt]}, indent=2))
     pending.unlink()
     predictions_path.unlink()
-    return evaluations
+
+
+def evaluation_jobs(exp: Experiment, config: dict, config_file: str | None, groups: int,
+                    after: list[str]) -> list[Job]:
+    """The seed's evaluations as `groups` evaluate.py calls (each a share of the stale targets), ready once the jobs
+    named in `after` (its training runs) finished. Each checkpoint's evaluation is seeded by itself, so it is the
+    same in whichever call it runs."""
+    settings = evaluation_settings(config, config_file, exp.common)
+    shares: list[list[Target]] = []
+
+    def share(g: int) -> list[Target]:
+        if not shares:  # decided once, when the first call starts: a finished call's results are no longer stale
+            stale = stale_targets(eval_targets(config, exp.out), settings)
+            if not stale:
+                print("every evaluation is up to date" + (f" in {exp.out}" if exp.prefix else ""), flush=True)
+            shares.extend(stale[i::groups] for i in range(groups))
+        return shares[g]
+
+    def job(g: int) -> Job:
+        suffix = f"-{g + 1}" if groups > 1 else ""
+        pending = exp.out / f"evaluate-pending{suffix}.json"
+
+        def command() -> tuple[str, list[str]] | None:
+            targets = share(g)
+            if not targets:
+                return None
+            return (f"evaluating {exp.prefix}{', '.join(t.name for t in targets)}",
+                    evaluation_command(targets, pending, settings, exp.common, config_file, config["launcher"]))
+
+        return Job(f"{exp.prefix}evaluate{suffix}", exp.out / f"evaluate{suffix}.log", command,
+                   ready=lambda finished: set(after) <= finished, done=lambda: store_evaluations(share(g), pending,
+                                                                                              settings))
+    return [job(g) for g in range(groups)]
 
 
 def eval_targets(config: dict, out: Path) -> list[Target]:
@@ -270,62 +325,118 @@ def eval_targets(config: dict, out: Path) -> list[Target]:
     return targets
 
 
+def seed_experiments(config: dict, config_file: str | None, seeds: int) -> list[Experiment]:
+    """One experiment per seed: seeds config.seed, config.seed + 1, ... With one seed, OUTPUT_DIR is its directory
+    (and the scripts get compare's overrides unchanged); with more, OUTPUT_DIR/seed-<seed>/ each."""
+    out, common = Path(config["output_dir"]), forwarded_overrides(config_file, config)
+    if seeds == 1:
+        return [Experiment(config["seed"], out, common, "")]
+    others = [t for k, v in zip(common[::2], common[1::2]) if k != "--seed" for t in (k, v)]
+    return [Experiment(s, out / f"seed-{s}", [*others, "--seed", str(s)], f"seed-{s}/")
+            for s in range(config["seed"], config["seed"] + seeds)]
+
+
+def check_layout(out: Path, seeds: int, names: list[str]) -> None:
+    """A single-seed experiment and a multi-seed one never share OUTPUT_DIR (each writes REPORT.md there)."""
+    if seeds > 1 and (single := [n for n in names if (out / n).exists()]):
+        raise UserError(f"{out} holds a single-seed experiment ({', '.join(single)}); --seeds {seeds} keeps each seed "
+                        "in OUTPUT_DIR/seed-<seed>/: pass another --output_dir")
+    if seeds == 1 and (multi := sorted(p.name for p in out.glob("seed-*"))):
+        raise UserError(f"{out} holds a multi-seed experiment ({', '.join(multi)}): run it with --seeds, or pass "
+                        "another --output_dir")
+
+
+def plan(exp: Experiment, forced: set[str], config_file: str | None) -> dict[str, list[str]]:
+    """Which of the experiment's runs are redone (forced, unfinished without a save, or built on a redone run) and
+    which resumed; returns the kept runs whose settings differ from this command's ({run: keys})."""
+    stale = {}
+    for run in exp.runs:
+        finished = run.script is None or (exp.out / run.name / "final").is_dir()
+        resumable = not finished and bool(complete_steps(exp.out / run.name))
+        if run.name in forced or (not finished and not resumable) or run.upstream in exp.redo:
+            exp.redo.add(run.name)
+        elif resumable:  # interrupted after a save: continue it (the trainer refuses a changed config)
+            exp.resume.add(run.name)
+        elif run.script and (changed := changed_settings(run, exp.out, exp.common, config_file)):
+            stale[exp.prefix + run.name] = changed
+    return stale
+
+
+def child_environment(parallel_runs: int) -> dict | None:
+    """Side by side, each run gets one thread (OMP_NUM_THREADS=1) unless the user set OMP_NUM_THREADS."""
+    if parallel_runs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        return {**os.environ, "OMP_NUM_THREADS": "1"}
+    return None
+
+
 def main() -> None:
     # ---- config ---------------------------------------------------------------------------------------
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--force", nargs="*", metavar="RUN", default=None,
                         help="redo these runs (all, without names); earlier ones are renamed NAME.old-<time>")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run the experiment with seeds seed, seed+1, ..., seed+N-1, each in "
+                             "OUTPUT_DIR/seed-<seed>/, and report over them (default 1: one experiment in OUTPUT_DIR)")
     args, config = parse_args("compare", parser)
     if process_count() > 1:
         raise UserError("compare.py starts every run itself: run it with python, and set --launcher (e.g. "
                         '"torchrun --standalone --nproc_per_node 8") to start each run on several processes')
+    if args.seeds < 1 or config["parallel_runs"] < 1:
+        raise UserError(f"--seeds {args.seeds}, parallel_runs {config['parallel_runs']}: each must be at least 1")
     started, out = time.time(), Path(config["output_dir"])
-    common = forwarded_overrides(args.config, config)  # passed to every script, after --config
-    runs = plan_runs(config, out)
-    names = [r.name for r in runs]
+    experiments = seed_experiments(config, args.config, args.seeds)
+    for exp in experiments:
+        exp.runs = plan_runs(config, exp.out)
+    names = [r.name for r in experiments[0].runs]
     forced = set(names if args.force == [] else args.force or [])
     if forced - set(names):
         raise UserError(f"--force {' '.join(sorted(forced - set(names)))}: unknown run; runs: {', '.join(names)}")
-    sft_steps = sft_total_steps(resolve_config("sft", args.config, common))
+    check_layout(out, args.seeds, names)
+    sft_steps = sft_total_steps(resolve_config("sft", args.config, experiments[0].common))
     if not 0 < config["warm_start_steps"] < sft_steps:
         raise UserError(f"warm_start_steps {config['warm_start_steps']}: must be at least 1 and below the SFT run's "
                         f"{sft_steps} steps (its step_N/ is the head-to-head's warm start)")
 
     # ---- plan: keep finished runs, move unfinished or forced ones aside ---------------------------------
-    redo, resume, stale = set(), set(), {}
-    for run in runs:
-        finished = run.script is None or (out / run.name / "final").is_dir()
-        resumable = not finished and bool(complete_steps(out / run.name))
-        if run.name in forced or (not finished and not resumable) or run.upstream in redo:
-            redo.add(run.name)
-        elif resumable:  # interrupted after a save: continue it (the trainer refuses a changed config)
-            resume.add(run.name)
-        elif run.script and (changed := changed_settings(run, out, common, args.config)):
-            stale[run.name] = changed
+    stale = {run: keys for exp in experiments for run, keys in plan(exp, forced, args.config).items()}
     if stale:
+        redo = dict.fromkeys(name.split("/")[-1] for name in stale)
         raise UserError(f"runs in {out} were trained with other settings than this command asks for ("
                         + "; ".join(f"{n}: {', '.join(keys)}" for n, keys in stale.items())
-                        + f"); redo them with --force {' '.join(stale)} (the old runs are kept), or pass another "
+                        + f"); redo them with --force {' '.join(redo)} (the old runs are kept), or pass another "
                         "--output_dir")
-    for name in (n for n in names if n in redo and (out / n).exists()):
-        move_aside(out / name)
-    kept = [n for n in names if n not in redo | resume and (out / n).exists()]
-    print(f"output: {out}\nkept: {', '.join(kept) or '-'}\nto run: {', '.join(n for n in names if n in redo) or '-'}"
-          + (f"\nto resume: {', '.join(n for n in names if n in resume)}" if resume else ""))
+    for exp in experiments:
+        for name in (n for n in names if n in exp.redo and (exp.out / n).exists()):
+            move_aside(exp.out / name)
+        exp.kept = [n for n in names if n not in exp.redo | exp.resume and (exp.out / n).exists()]
+        print(f"output: {exp.out}\nkept: {', '.join(exp.kept) or '-'}\n"
+              f"to run: {', '.join(n for n in names if n in exp.redo) or '-'}"
+              + (f"\nto resume: {', '.join(n for n in names if n in exp.resume)}" if exp.resume else ""))
 
-    # ---- train --------------------------------------------------------------------------------------
-    for run in runs:
-        if run.name in redo | resume and run.script:
-            train(run, out, common, args.config, config["launcher"], resume=run.name in resume)
+    # ---- base model: a built-in one is written (builtin:tiny-base: pretrained) once, before runs share it ----
+    if any(exp.redo | exp.resume for exp in experiments):
+        resolve_model_path(config["model_name"], config)
 
-    # ---- evaluate -----------------------------------------------------------------------------------
-    targets = eval_targets(config, out)
-    evaluations = evaluate(targets, out, common, config, args.config)
+    # ---- train and evaluate, parallel_runs at a time ----------------------------------------------------
+    groups = max(1, math.ceil(config["parallel_runs"] / len(experiments)))  # evaluate.py calls per seed
+    jobs = []
+    for exp in experiments:
+        training = [training_job(run, exp, args.config, config["launcher"]) for run in exp.runs
+                    if run.name in exp.redo | exp.resume and run.script]
+        jobs += training + evaluation_jobs(exp, config, args.config, groups, [job.name for job in training])
+    run_jobs(jobs, config["parallel_runs"], child_environment(config["parallel_runs"]))
 
     # ---- report -------------------------------------------------------------------------------------
-    report = write_report(out, targets, evaluations, config, {"command": shlex.join(["python", *sys.argv]),
-                                                  "invocation_seconds": time.time() - started,
-                                                  "kept": kept, "config_file": args.config})
+    context = {"command": shlex.join(["python", *sys.argv]), "config_file": args.config,
+               "parallel_runs": config["parallel_runs"]}
+    for exp in experiments:
+        targets = eval_targets(config, exp.out)
+        evaluations = {t.name: load_evaluation(t.eval_path) for t in targets}
+        report = write_report(exp.out, targets, evaluations, {**config, "seed": exp.seed},
+                              {**context, "invocation_seconds": time.time() - started, "kept": exp.kept})
+    if len(experiments) > 1:
+        report = write_seeds_report(out, {exp.seed: exp.out for exp in experiments},
+                                    {**context, "invocation_seconds": time.time() - started})
     print(f"report: {report}")
 
 

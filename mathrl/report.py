@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from mathrl import smollm2
-from mathrl.claims import binomial_se, check_claims, eval_curve, notes
-from mathrl.data import OPS, load_jsonl, read_jsonl
+from mathrl.claims import aggregate_claims, binomial_se, check_claims, eval_curve, mean_and_std, notes
+from mathrl.data import OPS, has_trained_twin, load_jsonl, operation_of, read_jsonl
+from mathrl.errors import UserError
 from mathrl.diversity import diversity_table
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, trained_by
 
@@ -80,16 +81,46 @@ def header(runs: dict, config: dict, context: dict) -> dict:
     }
 
 
+# ---- twin-free held-out accuracy ---------------------------------------------------------------------------
+
+def twin_free_set(config: dict) -> dict:
+    """The held-out file's examples, whether each one's twin is trained, and how many are twin-free (their twin is
+    not in train_file), in all and per operation ({op: [twin-free, all]})."""
+    examples = load_jsonl(config["eval_file"])
+    trained_twin = has_trained_twin(examples, load_jsonl(config["train_file"]))
+    per_op = {}
+    for example, trained in zip(examples, trained_twin):
+        counts = per_op.setdefault(operation_of(example), [0, 0])
+        counts[0] += not trained
+        counts[1] += 1
+    order = {op: i for i, op in enumerate(OPS)}
+    return {"examples": examples, "trained_twin": trained_twin, "n": trained_twin.count(False),
+            "of": len(examples), "per_operation": dict(sorted(per_op.items(), key=lambda kv: order.get(kv[0], 4)))}
+
+
+def twin_free_accuracy(predictions: list[dict], eval_examples: list[dict], trained_twin: list[bool]) -> float | None:
+    """Accuracy over the held-out problems whose twin is not trained (None when there is none). `predictions` are
+    evaluate.py's, in the eval file's order."""
+    if [p["prompt"] for p in predictions] != [e["prompt"] for e in eval_examples]:
+        raise UserError("the held-out predictions do not match the eval file's prompts (was the file changed after "
+                        "the evaluation?)")
+    free = [p["correct"] for p, t in zip(predictions, trained_twin) if not t]
+    return sum(free) / len(free) if free else None
+
+
 # ---- tables -----------------------------------------------------------------------------------------------
 
-def row(run: dict) -> dict:
-    """One line of the paper's results table (results.json's "runs")."""
+def row(run: dict, twin_free: dict) -> dict:
+    """One line of the paper's results table (results.json's "runs"); twin_free: `twin_free_set`'s."""
     s, held, ood = run["summary"], run["held_out"], run["ood"]
     steps, seconds = s.get("step"), s.get("train_seconds")
+    free = twin_free_accuracy(held["predictions"], twin_free["examples"], twin_free["trained_twin"])
     return {
         "ckpt": run["ckpt"], "description": BY_NAME[run["name"]].description,
         "held_out_accuracy": held["accuracy"], "held_out_n": held["num_examples"],
         "held_out_se": binomial_se(held["accuracy"], held["num_examples"]),
+        "twin_free_accuracy": free, "twin_free_n": twin_free["n"],
+        "twin_free_se": binomial_se(free, twin_free["n"]) if free is not None else None,
         "ood_accuracy": ood["accuracy"] if ood else None, "ood_n": ood["num_examples"] if ood else None,
         "ood_se": binomial_se(ood["accuracy"], ood["num_examples"]) if ood else None,
         "per_operation": held["per_operation"], "ood_per_operation": ood["per_operation"] if ood else None,
@@ -105,14 +136,21 @@ def fmt(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def with_se(accuracy: float | None, se: float | None, n: int | None) -> str:
+    return "-" if accuracy is None else f"{accuracy:.3f} ± {se:.3f} ({n})"
+
+
 def results_table(rows: dict) -> str:
-    lines = ["| run | held-out acc ± SE (n) | OOD acc ± SE (n) | " + " | ".join(OPS) + " | mean tokens | steps | "
-             "train s | s/step | wall s | tokens | peak MB | stopped by time |"]
+    lines = ["| run | held-out acc ± SE (n) | twin-free held-out acc ± SE (n)¹ | OOD acc ± SE (n) | "
+             + " | ".join(OPS) + " | mean tokens | steps | train s | s/step | wall s | tokens | peak MB | "
+             "stopped by time |"]
     lines.append("|" + "---|" * (lines[0].count("|") - 1))
     for name, r in rows.items():
-        ood = "-" if r["ood_accuracy"] is None else f"{r['ood_accuracy']:.3f} ± {r['ood_se']:.3f} ({r['ood_n']})"
+        held = with_se(r["held_out_accuracy"], r["held_out_se"], r["held_out_n"])
+        free = with_se(r["twin_free_accuracy"], r["twin_free_se"], r["twin_free_n"])
+        ood = with_se(r["ood_accuracy"], r["ood_se"], r["ood_n"])
         ops = " | ".join(fmt(r["per_operation"].get(op), ".2f") for op in OPS)
-        lines.append(f"| {name} | {r['held_out_accuracy']:.3f} ± {r['held_out_se']:.3f} ({r['held_out_n']}) | {ood} | "
+        lines.append(f"| {name} | {held} | {free} | {ood} | "
                      f"{ops} | {r['mean_completion_tokens']:.2f} | {fmt(r['steps'])} | {fmt(r['train_seconds'], '.1f')}"
                      f" | {fmt(r['seconds_per_step'], '.3f')} | {fmt(r['wall_time_s'], '.1f')} | "
                      f"{fmt(r['tokens_seen'], ',')} | {fmt(r['peak_memory_mb'], '.0f')} | "
@@ -219,6 +257,13 @@ def plot(out: Path, runs: dict) -> list[str]:
 
 # ---- REPORT.md --------------------------------------------------------------------------------------------
 
+def twin_footnote(twin_free: dict) -> str:
+    counts = ", ".join(f"{op} {free} of {total}" for op, (free, total) in twin_free["per_operation"].items())
+    return (f"¹ Twin-free held-out: the {twin_free['n']} of {twin_free['of']} held-out problems whose twin (b + a for "
+            f"a + b, a - c for a - b = c, b * a for a * b, a / q for a / b = q) is not in the training file "
+            f"({counts}). The others can be answered by recalling the trained fact instead of computing it.")
+
+
 def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], facts: list[str], plots: list[str],
                     config: dict) -> str:
     data = ", ".join(f"{k} {v['examples']} ({v['file']})" for k, v in h["data"].items())
@@ -228,7 +273,7 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
                   "TinyLlama-1.1B-Chat as in the paper.", ""]
     lines += [f"- model: {h['model']}", f"- data: {data}", f"- seed: {h['seed']}",
               f"- machine: {h['cpu']}; training device: {h['training_device']}; torch threads: {h['torch_threads']}; "
-              f"OMP_NUM_THREADS: {h['omp_num_threads']}",
+              f"OMP_NUM_THREADS: {h['omp_num_threads']}; runs at a time: {h['parallel_runs']}",
               f"- date: {h['date']}; total wall time of the runs: {h['runs_wall_time_s']:.0f} s; this compare.py "
               f"invocation: {h['invocation_seconds']:.0f} s (runs kept from before: {', '.join(h['kept']) or 'none'})",
               f"- command: `{h['command']}`", ""]
@@ -236,7 +281,7 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
               "Greedy decoding. SE: binomial standard error sqrt(p(1-p)/n). Per-operation columns: held-out accuracy. "
               "Train s: time in training steps (evaluation and checkpoint saving excluded); tokens: prompt + "
               "completion tokens processed in training; peak MB: peak GPU memory, or the process's peak RSS on CPU.",
-              "", results_table(rows), ""]
+              "", results_table(rows), "", twin_footnote(h["twin_free"]), ""]
     ratio = next(c for c in claims if c["id"] == "b")["comparisons"][0]
     lines += [f"GRPO / SFT training time: **{ratio['total_ratio']:.2f}x** in total, {ratio['per_step_ratio']:.2f}x "
               "per step (the paper claims 3-4x).", ""]
@@ -264,8 +309,9 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
 def write_report(out: Path, targets: list, evaluations: dict[str, list[dict]], config: dict, context: dict) -> Path:
     """Write REPORT.md, results.json, samples.md and the plots into `out`; returns REPORT.md's path."""
     runs = {t.name: load_run(t, evaluations[t.name], config) for t in targets}
-    h = header(runs, config, context)
-    rows = {name: row(run) for name, run in runs.items()}
+    twin_free = twin_free_set(config)
+    h = {**header(runs, config, context), "twin_free": {k: twin_free[k] for k in ("n", "of", "per_operation")}}
+    rows = {name: row(run, twin_free) for name, run in runs.items()}
     diversity = diversity_rows(runs)
     claims = check_claims(runs, config["convergence_fraction"])
     facts = notes(runs)
@@ -275,4 +321,106 @@ def write_report(out: Path, targets: list, evaluations: dict[str, list[dict]], c
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = out / "REPORT.md"
     report.write_text(report_markdown(h, rows, diversity, claims, facts, plots, config))
+    return report
+
+
+# ---- across seeds (compare.py --seeds N) ------------------------------------------------------------------
+
+ACCURACIES = ("held_out", "twin_free", "ood")
+
+
+def seeds_row(rows: list[dict]) -> dict:
+    """One run's line across seeds (its results.json rows, one per seed): per accuracy the mean over seeds, the
+    seed std (sample std, N - 1) and the binomial SE of the mean accuracy on the n problems every seed answers."""
+    line = {"description": rows[0]["description"]}
+    for key in ACCURACIES:
+        values, n = [r[f"{key}_accuracy"] for r in rows], rows[0][f"{key}_n"]
+        mean, std = mean_and_std(values) if None not in values else (None, None)
+        line.update({f"{key}_mean": mean, f"{key}_std": std, f"{key}_n": n, f"{key}_per_seed": values,
+                     f"{key}_se": binomial_se(mean, n) if mean is not None else None})
+    line["per_operation"] = {op: mean_and_std([r["per_operation"][op] for r in rows])[0] for op in OPS
+                             if all(op in r["per_operation"] for r in rows)}
+    line["mean_completion_tokens"] = mean_and_std([r["mean_completion_tokens"] for r in rows])[0]
+    for key in ("steps", "train_seconds"):
+        values = [r[key] for r in rows]
+        line[key], line[f"{key}_std"] = mean_and_std(values) if None not in values else (None, None)
+    return line
+
+
+def seeds_table(rows: dict) -> str:
+    def cell(r: dict, key: str) -> str:
+        if r[f"{key}_mean"] is None:
+            return "-"
+        return f"{r[f'{key}_mean']:.3f} ± {r[f'{key}_std']:.3f} (SE {r[f'{key}_se']:.3f}, n={r[f'{key}_n']})"
+
+    lines = ["| run | held-out acc | twin-free held-out acc¹ | OOD acc | " + " | ".join(OPS)
+             + " | mean tokens | steps | train s |"]
+    lines.append("|" + "---|" * (lines[0].count("|") - 1))
+    for name, r in rows.items():
+        ops = " | ".join(fmt(r["per_operation"].get(op), ".2f") for op in OPS)
+        seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f} ± {r['train_seconds_std']:.1f}"
+        lines.append(f"| {name} | {cell(r, 'held_out')} | {cell(r, 'twin_free')} | {cell(r, 'ood')} | {ops} | "
+                     f"{r['mean_completion_tokens']:.2f} | {fmt(r['steps'], '.0f')} | {seconds} |")
+    return "\n".join(lines)
+
+
+def seeds_markdown(h: dict, rows: dict, claims: list[dict], facts: list[str]) -> str:
+    data = ", ".join(f"{k} {v['examples']} ({v['file']})" for k, v in h["data"].items())
+    lines = ["# SFT vs GRPO vs SFT -> GRPO: results over seeds", ""]
+    if h["builtin_model"]:
+        lines += [f"> **Not a TinyLlama result.** These numbers come from {h['model']}, not from "
+                  "TinyLlama-1.1B-Chat as in the paper.", ""]
+    lines += [f"- model: {h['model']}", f"- data: {data}",
+              f"- seeds: {', '.join(map(str, h['seeds']))}, each a whole experiment in seed-<seed>/ with its own "
+              "REPORT.md (" + ", ".join(f"[{s}](seed-{s}/REPORT.md)" for s in h["seeds"]) + ")",
+              f"- machine: {h['cpu']}; training device: {h['training_device']}; torch threads: {h['torch_threads']}; "
+              f"OMP_NUM_THREADS: {h['omp_num_threads']}; runs at a time: {h['parallel_runs']}",
+              f"- date: {h['date']}; total wall time of the runs: {h['runs_wall_time_s']:.0f} s; this compare.py "
+              f"invocation: {h['invocation_seconds']:.0f} s",
+              f"- command: `{h['command']}`", ""]
+    lines += ["## Results (the paper's table, over seeds)", "",
+              "Greedy decoding. Each accuracy: mean over the seeds ± their sample standard deviation (N - 1), then "
+              "the binomial standard error sqrt(p(1-p)/n) of the mean accuracy p (every seed answers the same n "
+              "problems, so averaging seeds does not shrink it). Per-operation columns, mean tokens, steps: means "
+              "over seeds; train s: mean ± seed std.", "", seeds_table(rows), "", twin_footnote(h["twin_free"]), ""]
+    lines += ["## The paper's claims, checked over seeds", "",
+              "A difference is judged by its mean over seeds against the larger of two uncertainties: the seed std "
+              "of the difference (its sample std over seeds, each seed's run of one method against the same seed's "
+              "of the other) and its sampling SE (binomial for accuracies, over prompts for diversity and lengths; "
+              "root mean square over seeds). Within 2 of it the verdict is \"inconclusive\". A claim that is not a "
+              "difference (convergence, stability, cost) holds across seeds only when every seed's verdict agrees "
+              "(mathrl/claims.py: seed_aggregate, aggregate_comparison). Each line says what it was judged against.",
+              ""]
+    for c in claims:
+        parts = [f"{x['runs']}: **{x['verdict']}**, judged against the {x['used']} ({x['evidence']})"
+                 if x["used"] != "seed agreement" else
+                 f"{x['runs']}: **{x['verdict']}**, judged by seed agreement ({x['evidence']})"
+                 for x in c["comparisons"]]
+        lines.append(f"- **({c['id']}) {c['claim']}**: " + "; ".join(parts))
+    lines.append("")
+    if facts:
+        lines += ["## Notes", ""] + [f"- {f}" for f in facts] + [""]
+    return "\n".join(lines)
+
+
+def write_seeds_report(out: Path, seed_dirs: dict[int, Path], context: dict) -> Path:
+    """REPORT.md and results.json in `out` from each seed's results.json ({seed: its experiment's directory});
+    returns REPORT.md's path."""
+    per_seed = {s: json.loads((d / "results.json").read_text()) for s, d in seed_dirs.items()}
+    headers = [r["header"] for r in per_seed.values()]
+    first = headers[0]
+    h = {**{k: first[k] for k in ("model", "builtin_model", "data", "cpu", "omp_num_threads", "twin_free")},
+         "seeds": list(per_seed), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+         "training_device": ", ".join(sorted({d for x in headers for d in x["training_device"].split(", ")})),
+         "torch_threads": ", ".join(sorted({t for x in headers for t in x["torch_threads"].split(", ")})),
+         "runs_wall_time_s": sum(x["runs_wall_time_s"] for x in headers), **context}
+    names = next(iter(per_seed.values()))["runs"]
+    rows = {name: seeds_row([r["runs"][name] for r in per_seed.values()]) for name in names}
+    claims = aggregate_claims({s: r["claims"] for s, r in per_seed.items()})
+    facts = [f"seed {s}: {fact}" for s, r in per_seed.items() for fact in r["notes"]]
+    results = {"header": h, "runs": rows, "claims": claims, "notes": facts,
+               "per_seed": {s: str(d / "results.json") for s, d in seed_dirs.items()}}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report = out / "REPORT.md"
+    report.write_text(seeds_markdown(h, rows, claims, facts))
     return report

@@ -27,8 +27,9 @@ torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = "configs/tiny.yaml"
-# Command-line overrides that shrink the built-in tiny model to the micro test model.
-MICRO_OVERRIDES = ["--tiny_hidden_size", "32", "--tiny_num_layers", "2", "--tiny_num_heads", "2",
+# Command-line overrides that shrink the built-in tiny model to the micro test model: the randomly initialised
+# builtin:tiny (configs/tiny.yaml's builtin:tiny-base would be pretrained first; tests/test_tiny_base.py tests it).
+MICRO_OVERRIDES = ["--model_name", "builtin:tiny", "--tiny_hidden_size", "32", "--tiny_num_layers", "2", "--tiny_num_heads", "2",
                    "--tiny_intermediate_size", "64"]
 SCRIPT_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from mathrl.data import read_jsonl
 from mathrl.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, accuracy_difference, check_claims,
                            convergence_speed, two_stage, verdict)
-from mathrl.data import load_jsonl, write_jsonl
+from mathrl.data import has_trained_twin, load_jsonl, write_jsonl
 from mathrl.diversity import diversity_metrics
 from test_resume import signal_at_step
 
@@ -96,8 +96,11 @@ def test_report_files(experiment):
     assert f"report: {out / 'REPORT.md'}" in experiment["stdout"]
     report = (out / "REPORT.md").read_text()
     for fragment in ("Not a TinyLlama result", "builtin:tiny", "hidden 32", "train 32", "held_out 8", "ood 4",
-                     "seed: 42", "machine:", "date:", "total wall time", "GRPO / SFT training time"):
+                     "seed: 42", "machine:", "date:", "total wall time", "GRPO / SFT training time",
+                     "runs at a time: 1", "twin-free held-out acc ± SE (n)¹", "¹ Twin-free held-out: the "):
         assert fragment in report, fragment
+    # One seed (the default): today's layout, no per-seed directories and no verdicts over seeds.
+    assert not list(out.glob("seed-*")) and "over seeds" not in report
     for name in RUNS:
         assert f"| {name} | " in report, name
     claim_lines = [line for line in report.splitlines() if line.startswith("- **(")]
@@ -137,6 +140,11 @@ def test_results_json_matches_each_run(experiment):
         assert row["held_out_se"] == pytest.approx(math.sqrt(row["held_out_accuracy"] *
                                                              (1 - row["held_out_accuracy"]) / 8))
         assert row["ood_accuracy"] == ood["accuracy"] and row["ood_n"] == 4
+        trained_twin = has_trained_twin(load_jsonl(held_out["eval_file"]),
+                                        load_jsonl(experiment["root"] / "train.jsonl"))
+        free = [p["correct"] for p, t in zip(own, trained_twin) if not t]
+        assert row["twin_free_n"] == len(free) == data["header"]["twin_free"]["n"]
+        assert row["twin_free_accuracy"] == (sum(free) / len(free) if free else None)
         assert row["per_operation"] == held_out["per_operation"]
         # evaluate.py and the trainer's own last evaluation decode the same checkpoint greedily: same answers.
         assert s["final_eval_accuracy"] == held_out["accuracy"]

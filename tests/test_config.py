@@ -87,7 +87,7 @@ def test_tiny_yaml_layers_on_config_yaml():
             assert tiny[key] == named[key] and type(tiny[key]) is type(base[key]) or base[key] is None, key
         else:
             assert tiny[key] == base[key], key  # untouched keys keep config.yaml's value
-    assert tiny["model_name"] == "builtin:tiny"
+    assert tiny["model_name"] == "builtin:tiny-base"
 
 
 def test_command_line_wins_over_file(tmp_path):
@@ -289,7 +289,7 @@ def test_parse_args_keeps_script_flags_apart():
     ])
     assert args.ckpt == ["a", "b"] and args.eval_file == ["e.jsonl"] and args.config == TINY
     assert config["eval_batch_size"] == 5 and config["seed"] == 3
-    assert config["model_name"] == "builtin:tiny"  # from configs/tiny.yaml
+    assert config["model_name"] == "builtin:tiny-base"  # from configs/tiny.yaml
     assert "ckpt" not in config
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mathrl.data import (
-    OPS, apply_op, build_datasets, load_jsonl, operation_of, standard_prompt, twin, write_datasets,
+    OPS, apply_op, build_datasets, has_trained_twin, load_jsonl, operation_of, standard_prompt, twin, write_datasets,
 )
 from mathrl.errors import UserError
 
@@ -253,7 +253,33 @@ def test_held_out_tiny_products_and_quotients_have_their_twin_in_train(datasets)
     ("/", (56, 8), (56, 7)),  # 56 / 8 = 7 and 56 / 7 = 8
     ("/", (49, 7), None),     # quotient equals divisor: no distinct twin
     ("/", (0, 5), None),      # 0 / 5 = 0: 0 / 0 is not a problem
-    ("+", (3, 7), None),      # + and - are split at random, no twins
+    ("+", (3, 7), (7, 3)),    # a + b states the same fact as b + a
+    ("+", (5, 5), None),
+    ("-", (9, 4), (9, 5)),    # 9 - 4 = 5 and 9 - 5 = 4
+    ("-", (8, 4), None),      # 8 - 4 = 4: its own twin
+    ("-", (6, 0), (6, 6)),    # 6 - 0 = 6 and 6 - 6 = 0
 ])
 def test_twin(op, pair, expected):
     assert twin(op, pair) == expected
+
+
+def test_has_trained_twin_reads_keys_or_the_prompt():
+    """A generated line names its operands; a hand-written one is read from its prompt (any phrasing)."""
+    train = [{"prompt": "What is 3 + 5? Answer with an integer.", "answer": "8"},
+             {"prompt": "x", "answer": "5", "operation": "-", "a": 9, "b": 4}]
+    examples = [{"prompt": "x", "answer": "8", "operation": "+", "a": 5, "b": 3},  # keys: 5 + 3 -> 3 + 5 trained
+                {"prompt": "What is 9 minus 5?", "answer": "4"},                   # prompt: 9 - 5 -> 9 - 4 trained
+                {"prompt": "Compute 5 + 4.", "answer": "9"},                       # 4 + 5 is not trained
+                {"prompt": "How much is seven plus one?", "answer": "8"}]          # unreadable: no known twin
+    assert has_trained_twin(examples, train) == [True, True, False, False]
+
+
+def test_tiny_held_out_twins_in_train(datasets):
+    """What the README says of the committed tiny split: 154 of the 192 held-out + and 75 of the 99 - problems have
+    their twin in training, every held-out * and / has (by construction)."""
+    flags = has_trained_twin(datasets["tiny_eval.jsonl"], datasets["tiny_train.jsonl"])
+    counts = {}
+    for example, trained in zip(datasets["tiny_eval.jsonl"], flags):
+        counts.setdefault(example["operation"], [0, 0])[0] += trained
+        counts[example["operation"]][1] += 1
+    assert counts == {"+": [154, 192], "-": [75, 99], "*": [34, 34], "/": [31, 31]}
