@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from mathrl.data import read_jsonl
 from mathrl.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, accuracy_difference, check_claims,
-                           convergence_speed, two_stage, verdict)
+                           convergence_speed, two_stage, two_stage_comparisons, verdict)
 from mathrl.data import has_trained_twin, load_jsonl, write_jsonl
 from mathrl.diversity import diversity_metrics
 from test_resume import signal_at_step
@@ -310,6 +310,24 @@ def test_two_stage(after_accuracy, after_tokens, expected):
     # The same numbers from an SFT run that learned nothing: there was no accuracy to keep.
     runs["base"] = fake_run(0.8)
     assert two_stage(runs)["verdict"] == (CONTRADICTED if expected == CONTRADICTED else INCONCLUSIVE)
+
+
+def test_two_stage_from_a_verbose_base_with_and_without_the_length_term():
+    # The SmolLM2 shape: a base that is sometimes right with 40-token answers; GRPO with the length term answers in
+    # 12 tokens at 0.26 (0.06 more, within 2 SE), GRPO without it stays verbose.
+    runs = {"base": fake_run(0.20, tokens=[40] * 100), "sft": fake_run(0.48), "sft_grpo": fake_run(0.44),
+            "grpo": fake_run(0.18, tokens=[40] * 99 + [41]), "grpo_length": fake_run(0.26, tokens=[12] * 100)}
+    comparisons = two_stage_comparisons(runs)
+    assert [c["runs"] for c in comparisons] == ["sft_grpo vs sft", "grpo_length vs base", "grpo vs base"]
+    assert [c["verdict"] for c in comparisons] == [INCONCLUSIVE, SUPPORTED, INCONCLUSIVE]
+    assert comparisons[1]["length_difference"] == pytest.approx(-28.0)
+    # A base that is never right has no accuracy to keep: shortening alone does not support the claim.
+    runs["base"] = fake_run(0.0, tokens=[40] * 100)
+    runs["grpo_length"] = fake_run(0.0, tokens=[12] * 100)
+    assert two_stage(runs, "grpo_length", "base")["verdict"] == INCONCLUSIVE
+    # Without a grpo_length run (the tiny default) the claim has its one comparison.
+    del runs["grpo_length"]
+    assert len(two_stage_comparisons(runs)) == 1
 
 
 def test_check_claims_needs_no_hard_coded_answer(experiment):
