@@ -196,10 +196,14 @@ def move_aside(path: Path) -> Path:
 
 
 def changed_settings(run: Run, out: Path, common: list[str], config_file: str | None) -> list[str]:
-    """Config keys whose value in the run's saved config differs from what this command would use now."""
+    """Config keys whose value in the run's saved config differs from what this command would use now.
+
+    A key the saved config lacks was added to config.yaml after the run was made; a new key's default keeps the
+    behaviour from before it existed, so it is a change only when this command sets it to something else."""
     expected = resolve_config(run.section, config_file, run_args(run, out, common))
     expected = for_checkpoint(expected, str(run.init_from or expected["init_from"] or expected["model_name"]))
-    saved = load_saved_config(out / run.name / "final")
+    saved, defaults = load_saved_config(out / run.name / "final"), resolve_config(run.section)
+    saved = {**{k: defaults[k] for k in set(defaults) - set(saved)}, **saved}
     return sorted(k for k in set(expected) | set(saved)
                   if k not in NOT_COMPARED and expected.get(k, "<missing>") != saved.get(k, "<missing>"))
 

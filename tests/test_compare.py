@@ -218,6 +218,22 @@ def test_changed_settings_are_refused(experiment):
     assert snapshot(out) == before
 
 
+def test_a_run_saved_before_a_key_existed_is_kept_at_that_keys_default(experiment):
+    # sft_target was added after runs like these were made: their saved config has no such key.
+    out = experiment["out"]
+    saved = out / "sft" / "final" / "config.yaml"
+    original = saved.read_text()
+    assert "sft_target: answer" in original
+    saved.write_text("".join(line for line in original.splitlines(keepends=True) if not line.startswith("sft_target")))
+    try:
+        returncode, stdout, stderr, _ = compare(experiment["runner"], experiment["root"])
+        assert returncode == 0 and "to run: -" in stdout, stdout + stderr  # the default is what the run did
+        returncode, _, stderr, _ = compare(experiment["runner"], experiment["root"], "--sft_target", "solution")
+        assert returncode == 2 and "sft: " in stderr and "sft_target" in stderr  # any other value is a change
+    finally:
+        saved.write_text(original)
+
+
 def test_force_and_interrupted_runs_are_moved_aside_and_redone(experiment):
     out = experiment["out"]
     old_grpo = summary(out, "grpo")
