@@ -351,9 +351,10 @@ def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
         learned_everywhere = all(c["sft_learned"] for c in items)
         result = two_stage_verdict(accuracy["mean"], accuracy["uncertainty"], length["mean"], length["uncertainty"],
                                    learned_everywhere)
+        caveat = "" if learned_everywhere else "; with some seed the starting run had no accuracy to keep"
         evidence = (f"{with_spreads('held-out accuracy difference', accuracy, 'binomial SE')}; "
                     f"{with_spreads('mean completion tokens difference', length, 'SE over prompts')} over {len(items)} "
-                    f"seeds" + ("" if learned_everywhere else "; SFT did not learn with every seed") + f"; {seeds}")
+                    f"seeds{caveat}; {seeds}")
         used = (f"{used_name(accuracy, 'binomial SE')} (accuracy) and the {used_name(length, 'SE over prompts')} "
                 "(length)")
         return comparison(first["runs"], result, evidence, accuracy_difference=accuracy["mean"],
