@@ -51,10 +51,13 @@ def cpu_model() -> str:
 def model_description(config: dict) -> str:
     """The report's model line: the model_name, and for a built-in model what it is."""
     model = config["model_name"]
+    shape = ("Llama architecture, hidden {tiny_hidden_size}, {tiny_num_layers} layers, {tiny_num_heads} heads, MLP "
+             "{tiny_intermediate_size}; character tokenizer").format(**config) if "tiny_hidden_size" in config else ""
     if model == "builtin:tiny":
-        return model + (" (Llama architecture trained from scratch: hidden {tiny_hidden_size}, {tiny_num_layers} "
-                        "layers, {tiny_num_heads} heads, MLP {tiny_intermediate_size}; character tokenizer)"
-                        ).format(**config)
+        return f"{model} ({shape}; trained from scratch)"
+    if model == "builtin:tiny-base":
+        return (f"{model} ({shape}; pretrained on arithmetic text in other surface forms than the task's, "
+                "tiny_train facts only: mathrl/tiny_base.py)")
     if model == f"builtin:{smollm2.NAME}":
         return f"{model} ({smollm2.DESCRIPTION})"
     if model.startswith("builtin:"):

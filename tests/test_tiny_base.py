@@ -112,3 +112,11 @@ def test_pretraining_lowers_the_corpus_loss(fast_pretraining, monkeypatch):
     with torch.no_grad():
         after = model(**batch).loss.item()
     assert after < before - 0.5, (before, after)
+
+
+def test_report_says_what_the_pretrained_base_is():
+    from mathrl.report import model_description
+
+    line = model_description(micro_base_config())
+    assert "pretrained on arithmetic text" in line and "stand-in" not in line and "hidden 32" in line
+    assert "trained from scratch" in model_description({**micro_base_config(), "model_name": "builtin:tiny"})
