@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 
 from mathrl import smollm2, tiny_base
-from mathrl.distributed import cpu_processes
+from mathrl.distributed import cpu_processes, state
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
 from mathrl.validation import check_checkpoint_dir
@@ -130,7 +130,8 @@ def _write_builtin(target: Path, build) -> Path:
 def resolve_model_path(name_or_path: str, config: dict) -> str:
     """A path or hub id that `from_pretrained` can load."""
     if name_or_path.startswith(BUILTIN_PREFIX):
-        return str(builtin_model_dir({**config, "model_name": name_or_path}))
+        with state().main_process_first():  # k processes: the main one writes (pretrains) it, then the others load it
+            return str(builtin_model_dir({**config, "model_name": name_or_path}))
     return name_or_path
 
 

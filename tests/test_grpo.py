@@ -43,8 +43,8 @@ from mathrl.timing import PhaseTimer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = str(REPO_ROOT / "configs" / "tiny.yaml")
-MICRO = ["--tiny_hidden_size", "32", "--tiny_num_layers", "2", "--tiny_num_heads", "2",
-         "--tiny_intermediate_size", "64"]
+MICRO = ["--model_name", "builtin:tiny", "--tiny_hidden_size", "32", "--tiny_num_layers", "2", "--tiny_num_heads",
+         "2", "--tiny_intermediate_size", "64"]  # the random init: configs/tiny.yaml's base would be pretrained first
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
        "TQDM_DISABLE": "1"}
 

@@ -23,7 +23,10 @@ from conftest import REPO_ROOT, SCRIPT_ENV
 
 pytestmark = pytest.mark.multiprocess
 
-SFT_COMMAND = ["train_sft.py", "--config", "configs/tiny.yaml", "--max_steps", "20", "--log_every", "1"]
+# The random builtin:tiny, not configs/tiny.yaml's pretrained base: the comparison of 1 and 2 processes does not
+# need the ~5 minutes of pretraining.
+SFT_COMMAND = ["train_sft.py", "--config", "configs/tiny.yaml", "--model_name", "builtin:tiny", "--max_steps", "20",
+               "--log_every", "1"]
 GRPO_STEPS = 4
 
 
@@ -203,8 +206,8 @@ def test_grpo_loss_on_two_processes_equals_one_process_on_the_same_rollouts(sft_
 
 
 def test_bad_input_on_two_processes_ends_the_launch_with_its_message(tmp_path):
-    proc = launch(2, "train_grpo.py", "--config", "configs/tiny.yaml", "--batch_size", "3", "--output_dir",
-                  tmp_path / "bad", timeout=180)
+    proc = launch(2, "train_grpo.py", "--config", "configs/tiny.yaml", "--model_name", "builtin:tiny", "--batch_size",
+                  "3", "--output_dir", tmp_path / "bad", timeout=180)
     assert proc.returncode != 0
     assert "error: batch_size 3 is not divisible by the 2 processes" in proc.stderr
     assert f'File "{REPO_ROOT}' not in proc.stderr  # no traceback from our code
