@@ -265,6 +265,6 @@ def test_mini_standin_is_reproducible_from_its_seed(mini, tmp_path, monkeypatch)
 
 def test_unknown_builtin_model_names_the_choices():
     with pytest.raises(UserError, match='"builtin:tinyllama": the built-in models are builtin:tiny, '
-                                        "builtin:tinyllama-random, builtin:tinyllama-mini, "
+                                        "builtin:tiny-base, builtin:tinyllama-random, builtin:tinyllama-mini, "
                                         "builtin:smollm2-135m-instruct$"):
         builtin_model_dir({"model_name": "builtin:tinyllama", "seed": 0})
