@@ -248,7 +248,7 @@ def two_stage(runs: dict, after_name: str = "sft_grpo", before_name: str = "sft"
     if shorter and not (lost or longer) and not has_accuracy:
         evidence += f"; {before_name} never rose above the untrained model, so there was no accuracy to keep"
     return comparison(f"{after_name} vs {before_name}", result, evidence, accuracy_difference=d_acc,
-                      accuracy_se=se_acc, length_difference=d_len, length_se=se_len, sft_learned=has_accuracy)
+                      accuracy_se=se_acc, length_difference=d_len, length_se=se_len, accuracy_to_keep=has_accuracy)
 
 
 def two_stage_comparisons(runs: dict) -> list[dict]:
@@ -261,13 +261,13 @@ def two_stage_comparisons(runs: dict) -> list[dict]:
     return comparisons
 
 
-def two_stage_verdict(d_acc: float, u_acc: float, d_len: float, u_len: float, sft_learned: bool) -> str:
-    """(e) from the accuracy and length differences (after GRPO minus after SFT) and their uncertainties:
+def two_stage_verdict(d_acc: float, u_acc: float, d_len: float, u_len: float, accuracy_to_keep: bool) -> str:
+    """(e) from the accuracy and length differences (after GRPO minus before) and their uncertainties:
     CONTRADICTED when accuracy fell or answers grew by more than 2 uncertainties, SUPPORTED when answers shrank by
-    more than that while accuracy held (and SFT had learned an accuracy to keep), else INCONCLUSIVE."""
+    more than that while accuracy held (and the starting checkpoint had an accuracy to keep), else INCONCLUSIVE."""
     if d_acc < -2 * u_acc or d_len > 2 * u_len:
         return CONTRADICTED
-    return SUPPORTED if d_len < -2 * u_len and sft_learned else INCONCLUSIVE
+    return SUPPORTED if d_len < -2 * u_len and accuracy_to_keep else INCONCLUSIVE
 
 
 def head_to_head(runs: dict) -> dict:
@@ -348,7 +348,7 @@ def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
     if all("accuracy_se" in c for c in items):
         accuracy = seed_aggregate([c["accuracy_difference"] for c in items], [c["accuracy_se"] for c in items])
         length = seed_aggregate([c["length_difference"] for c in items], [c["length_se"] for c in items])
-        learned_everywhere = all(c["sft_learned"] for c in items)
+        learned_everywhere = all(c["accuracy_to_keep"] for c in items)
         result = two_stage_verdict(accuracy["mean"], accuracy["uncertainty"], length["mean"], length["uncertainty"],
                                    learned_everywhere)
         caveat = "" if learned_everywhere else "; with some seed the starting run had no accuracy to keep"

@@ -95,7 +95,7 @@ def test_aggregate_comparison_without_a_difference_needs_every_seed_to_agree():
 ])
 def test_two_stage_claim_over_seeds(length_differences, learned, expected):
     per_seed = {s: comparison(SUPPORTED, accuracy_difference=0.0, accuracy_se=0.02, length_difference=d,
-                              length_se=0.1, sft_learned=k)
+                              length_se=0.1, accuracy_to_keep=k)
                 for s, d, k in zip((42, 43), length_differences, learned)}
     assert aggregate_comparison(per_seed)["verdict"] == expected
 
