@@ -413,11 +413,11 @@ def data_efficiency(points: dict, base: dict, fraction: float) -> dict:
         full, part = points[f"{method}_100pct"]["held_out"], points[f"{method}_{tag}"]["held_out"]
         if not learned(points[f"{method}_100pct"], base):
             nothing.append(method)
-            parts.append(f"{method} {acc(part)} at {fraction:.0%} vs {acc(full)} at 100 % (no gain over the "
+            parts.append(f"{method} {acc(part)} at {fraction:.0%} vs {acc(full)} at 100% (no gain over the "
                          f"base's {b:.3f} beyond 2 SE)")
             continue
         shares[method] = kept_share(part["accuracy"], full["accuracy"], b, n)
-        parts.append(f"{method} {acc(part)} at {fraction:.0%} vs {acc(full)} at 100 %: kept "
+        parts.append(f"{method} {acc(part)} at {fraction:.0%} vs {acc(full)} at 100%: kept "
                      f"{shares[method][0]:.2f} ± {shares[method][1]:.2f} of its gain over the base's {b:.3f}")
     evidence = "; ".join(parts)
     runs = f"grpo vs sft at {fraction:.0%} of the prompts"
@@ -497,7 +497,7 @@ def kl_estimator(points: dict, paper: str) -> dict:
     (len_a, se_a), (len_b, se_b) = mean_tokens_and_se(a["held_out"]), mean_tokens_and_se(b["held_out"])
     kls = [last_mean(r["metrics"], "kl_sequence") for r in (a, b)]
     kl_text = " vs ".join("-" if k is None else f"{k:.4f}" for k in kls)
-    evidence = (f"held-out accuracy {acc(a['held_out'])} with {paper} vs {acc(b['held_out'])} per token; mean "
+    evidence = (f"held-out accuracy {acc(a['held_out'])} with the paper's KL vs {acc(b['held_out'])} per token; mean "
                 f"completion tokens {len_a:.2f} ± {se_a:.2f} vs {len_b:.2f} ± {se_b:.2f}; KL as the squared "
                 f"sequence log-ratio (kl_sequence, last 10 steps) {kl_text}")
     return comparison(f"{paper} vs sft_grpo", verdict(d, se), evidence, difference=d, se=se,

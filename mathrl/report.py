@@ -397,6 +397,7 @@ def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> st
                        method)
         ax.set(xscale="log", xlabel="training prompts (% of train_file, log scale)", xticks=[10, 30, 100],
                xticklabels=["10", "30", "100"], title="Held-out accuracy vs share of the training prompts")
+        ax.minorticks_off()  # only the points' own ticks on the log axis
     elif name == "sensitivity":
         for label, names in (("sft", [f"sft_lr_{lr_name(f)}" for f in LR_FACTORS]),
                              ("grpo, configured kl_coeff", [f"grpo_lr_{lr_name(f)}" for f in LR_FACTORS]),
@@ -404,6 +405,7 @@ def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> st
             with_error(ax, list(LR_FACTORS), names, label)
         ax.set(xscale="log", xlabel="learning rate / the configured one (log scale)", xticks=list(LR_FACTORS),
                xticklabels=["1/3", "1", "3"], title="Final held-out accuracy vs learning rate")
+        ax.minorticks_off()
     else:
         plt.close(fig)
         fig, (ax, kl_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -411,11 +413,11 @@ def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> st
         names = list(rows)
         ax.bar(range(len(names)), [rows[n]["held_out_accuracy"] for n in names],
                yerr=[2 * rows[n]["held_out_se"] for n in names], capsize=4)
-        ax.set(xticks=range(len(names)), xticklabels=[rows[n]["kl_estimator"] for n in names],
+        ax.set(xticks=range(len(names)), xticklabels=[f"{n}\n({rows[n]['kl_estimator']})" for n in names],
                title="Held-out accuracy of SFT -> GRPO by KL estimator")
         for n in names:
             steps = [(r["step"], r["kl_sequence"]) for r in points[n]["metrics"] if "kl_sequence" in r]
-            kl_ax.plot([x for x, _ in steps], [y for _, y in steps], label=rows[n]["kl_estimator"])
+            kl_ax.plot([x for x, _ in steps], [y for _, y in steps], label=f"{n} ({rows[n]['kl_estimator']})")
         kl_ax.set(title="(sum log pi - sum log ref)^2 per completion (kl_sequence)", xlabel="step")
         kl_ax.legend()
     ax.set(ylabel="held-out greedy accuracy (error bars: 2 SE)", ylim=(-0.02, 1.02))
