@@ -4,6 +4,7 @@
     python compare.py --config configs/tiny.yaml --force                     # redo every run (old ones kept)
     python compare.py --config configs/tiny.yaml --force grpo                # redo one run (and runs built on it)
     python compare.py --config configs/tiny.yaml --seeds 3 --output_dir results/tiny-3seeds  # seeds 42, 43, 44
+    python compare.py --config configs/tiny.yaml --studies data_efficiency,sensitivity --study_step_fraction 0.5
     python compare.py                                                         # TinyLlama-1.1B-Chat (GPU)
 
 Runs, each a subprocess of the repo's own scripts (no run shares a process, memory peak or timer with another),
@@ -35,6 +36,12 @@ Seeds: `--seeds N` runs the whole experiment with seeds seed, seed+1, ..., seed+
 the seeds: per run the mean ± seed std of each accuracy beside its binomial SE, and each claim judged against the
 larger of the seed std and the sampling SE of its difference (mathrl/claims.py). Reuse, resume and --force work
 per seed as below; --seeds 1 (the default) is the single-seed layout, and the two layouts never share OUTPUT_DIR.
+
+Studies (opt-in, docs/STUDIES.md): `--studies data_efficiency,sensitivity,kl_estimator` also runs those studies
+(mathrl/studies.py) under OUTPUT_DIR/studies/<study>/<run>/, planned, scheduled, reused, resumed and forced like
+the runs above (their names are studies/<study>/<run>), evaluated greedily, each with its REPORT.md section, plot
+and verdicts and its numbers in results.json. A study point with a main run's settings is that run, reused, unless
+study_step_fraction (compare:) shortens every study run; then it is rerun at that budget.
 
 Reuse: a run whose final/ exists is kept. A run interrupted after saving a step_N/ (train_sft.py and
 train_grpo.py save one on SIGINT / SIGTERM) is resumed from it (--resume_from auto); a run directory with
@@ -69,7 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mathrl.config import DEFAULT_CONFIG_PATH, for_checkpoint, load_saved_config, parse_args, read_yaml, resolve_config
-from mathrl.data import load_jsonl, read_jsonl
+from mathrl.data import load_jsonl, read_jsonl, training_subset
 from mathrl.distributed import process_count
 from mathrl.errors import UserError, run_cli
 from mathrl.modeling import resolve_model_path
@@ -77,6 +84,7 @@ from mathrl.resume import complete_steps
 from mathrl.report import write_report, write_seeds_report
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, SFT_SCRIPT, RunSpec, planned
 from mathrl.scheduler import Job, run_jobs
+from mathrl.studies import STUDIES, Point, check_study_config, parse_studies, point_settings, reused
 
 REPO_ROOT = Path(__file__).resolve().parent
 # Not compared on reuse: OUTPUT_DIR may have been moved; a tracker changes where metrics go, not what they are.
@@ -164,6 +172,44 @@ def plan_runs(config: dict, out: Path) -> list[Run]:
     return runs
 
 
+def study_run_name(study: str, point: Point) -> str:
+    """A study run's name: its directory relative to OUTPUT_DIR, and what --force takes."""
+    return f"studies/{study}/{point.name}"
+
+
+def study_runs(studies: list[str], config: dict, config_file: str | None, common: list[str], out: Path) -> list[Run]:
+    """The runs the chosen studies (mathrl/studies.py) train, in STUDIES order: every point that is not a reused
+    main run, with the settings it changes and the main runs' step budget times study_step_fraction."""
+    sections = {"sft": resolve_config("sft", config_file, common), "grpo": resolve_config("grpo", config_file, common)}
+    totals = {SFT_SCRIPT: sft_total_steps(sections["sft"]), GRPO_SCRIPT: sections["grpo"]["num_train_steps"]}
+    runs = []
+    for study in (s for s in STUDIES if s.name in studies):
+        check_study_config(study.name, config, sections["grpo"])
+        for point in study.points:
+            if reused(point, config["study_step_fraction"]):
+                continue
+            section = "sft" if point.script == SFT_SCRIPT else "grpo"
+            settings = point_settings(point, sections[section], totals[point.script], config["study_step_fraction"])
+            overrides = [t for k, v in settings.items() for t in (f"--{k}", cli_value(v))]
+            init_from = checkpoint_path(point.starts_from, config, out) if point.starts_from else None
+            runs.append(Run(study_run_name(study.name, point), point.script, section, overrides, point.starts_from,
+                            init_from))
+    return runs
+
+
+def study_targets(studies: list[str], config: dict, out: Path) -> dict[str, dict[str, Target]]:
+    """{study: {point: the checkpoint to report}}: a reused point's is its main run's (evaluated with the main
+    targets), any other's is its own final/ in OUTPUT_DIR/studies/<study>/."""
+    targets = {}
+    for study in (s for s in STUDIES if s.name in studies):
+        targets[study.name] = {}
+        for point in study.points:
+            name = point.main_run if reused(point, config["study_step_fraction"]) else study_run_name(study.name, point)
+            ckpt = out / name / "final"
+            targets[study.name][point.name] = Target(name, str(ckpt), ckpt.parent / f"eval-{ckpt.name}.json")
+    return targets
+
+
 def forwarded_overrides(config_file: str | None, config: dict) -> list[str]:
     """Shared keys given on compare's command line (e.g. --seed 1), passed on to every script it runs."""
     own = set(read_yaml(DEFAULT_CONFIG_PATH)["compare"])
@@ -180,7 +226,8 @@ def run_args(run: Run, out: Path, common: list[str]) -> list[str]:
 def sft_total_steps(sft: dict) -> int:
     if sft["max_steps"] > 0:
         return sft["max_steps"]
-    batches = math.ceil(len(load_jsonl(sft["train_file"])) / sft["batch_size"])
+    examples = training_subset(load_jsonl(sft["train_file"]), sft["train_fraction"], sft["seed"])
+    batches = math.ceil(len(examples) / sft["batch_size"])
     return sft["num_epochs"] * math.ceil(batches / sft["gradient_accumulation_steps"])
 
 
@@ -277,33 +324,45 @@ def store_evaluations(stale: list[Target], pending: Path, settings: dict) -> Non
 
 
 def evaluation_jobs(exp: Experiment, config: dict, config_file: str | None, groups: int,
-                    after: list[str]) -> list[Job]:
+                    after: list[str], studies: list[str] | None = None) -> list[Job]:
     """The seed's evaluations as `groups` evaluate.py calls (each a share of the stale targets), ready once the jobs
     named in `after` (its training runs) finished. Each checkpoint's evaluation is seeded by itself, so it is the
-    same in whichever call it runs."""
+    same in whichever call it runs. With `studies`: the evaluations of those studies' own runs instead, greedy only
+    (their sections report greedy accuracy and lengths, no diversity), in OUTPUT_DIR/studies/."""
     settings = evaluation_settings(config, config_file, exp.common)
+    where, label = exp.out, "evaluate"
+    if studies is not None:
+        settings, where, label = {**settings, "samples": 0}, exp.out / "studies", "studies-evaluate"
     shares: list[list[Target]] = []
+
+    def candidates() -> list[Target]:
+        if studies is None:
+            return eval_targets(config, exp.out)
+        return [t for points in study_targets(studies, config, exp.out).values() for t in points.values()
+                if t.name.startswith("studies/")]
 
     def share(g: int) -> list[Target]:
         if not shares:  # decided once, when the first call starts: a finished call's results are no longer stale
-            stale = stale_targets(eval_targets(config, exp.out), settings)
+            stale = stale_targets(candidates(), settings)
             if not stale:
-                print("every evaluation is up to date" + (f" in {exp.out}" if exp.prefix else ""), flush=True)
+                print(f"every {'study ' if studies is not None else ''}evaluation is up to date"
+                      + (f" in {exp.out}" if exp.prefix else ""), flush=True)
             shares.extend(stale[i::groups] for i in range(groups))
         return shares[g]
 
     def job(g: int) -> Job:
         suffix = f"-{g + 1}" if groups > 1 else ""
-        pending = exp.out / f"evaluate-pending{suffix}.json"
+        pending = where / f"{label}-pending{suffix}.json"
 
         def command() -> tuple[str, list[str]] | None:
             targets = share(g)
             if not targets:
                 return None
+            where.mkdir(parents=True, exist_ok=True)
             return (f"evaluating {exp.prefix}{', '.join(t.name for t in targets)}",
                     evaluation_command(targets, pending, settings, exp.common, config_file, config["launcher"]))
 
-        return Job(f"{exp.prefix}evaluate{suffix}", exp.out / f"evaluate{suffix}.log", command,
+        return Job(f"{exp.prefix}{label}{suffix}", where / f"{label}{suffix}.log", command,
                    ready=lambda finished: set(after) <= finished, done=lambda: store_evaluations(share(g), pending,
                                                                                               settings))
     return [job(g) for g in range(groups)]
@@ -381,7 +440,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="run the experiment with seeds seed, seed+1, ..., seed+N-1, each in "
                              "OUTPUT_DIR/seed-<seed>/, and report over them (default 1: one experiment in OUTPUT_DIR)")
+    parser.add_argument("--studies", default="", metavar="NAME,...",
+                        help="also run these opt-in studies (comma list: "
+                             + ", ".join(s.name for s in STUDIES) + "), each in OUTPUT_DIR/studies/<study>/ with "
+                             "its own REPORT.md section (docs/STUDIES.md)")
     args, config = parse_args("compare", parser)
+    studies = parse_studies(args.studies)
     if process_count() > 1:
         raise UserError("compare.py starts every run itself: run it with python, and set --launcher (e.g. "
                         '"torchrun --standalone --nproc_per_node 8") to start each run on several processes')
@@ -390,7 +454,7 @@ def main() -> None:
     started, out = time.time(), Path(config["output_dir"])
     experiments = seed_experiments(config, args.config, args.seeds)
     for exp in experiments:
-        exp.runs = plan_runs(config, exp.out)
+        exp.runs = [*plan_runs(config, exp.out), *study_runs(studies, config, args.config, exp.common, exp.out)]
     names = [r.name for r in experiments[0].runs]
     forced = set(names if args.force == [] else args.force or [])
     if forced - set(names):
@@ -425,9 +489,12 @@ def main() -> None:
     groups = max(1, math.ceil(config["parallel_runs"] / len(experiments)))  # evaluate.py calls per seed
     jobs = []
     for exp in experiments:
-        training = [training_job(run, exp, args.config, config["launcher"]) for run in exp.runs
-                    if run.name in exp.redo | exp.resume and run.script]
-        jobs += training + evaluation_jobs(exp, config, args.config, groups, [job.name for job in training])
+        to_train = [run for run in exp.runs if run.name in exp.redo | exp.resume and run.script]
+        training = [training_job(run, exp, args.config, config["launcher"]) for run in to_train]
+        main_training = [f"{exp.prefix}{run.name}" for run in to_train if not run.name.startswith("studies/")]
+        jobs += training + evaluation_jobs(exp, config, args.config, groups, main_training)
+        if studies:  # the studies' own checkpoints, once every run finished (a study run may start from sft/final)
+            jobs += evaluation_jobs(exp, config, args.config, groups, [job.name for job in training], studies)
     run_jobs(jobs, config["parallel_runs"], child_environment(config["parallel_runs"]))
 
     # ---- report -------------------------------------------------------------------------------------
@@ -436,8 +503,10 @@ def main() -> None:
     for exp in experiments:
         targets = eval_targets(config, exp.out)
         evaluations = {t.name: load_evaluation(t.eval_path) for t in targets}
+        points = {study: {p: (t, load_evaluation(t.eval_path)) for p, t in by_point.items()}
+                  for study, by_point in study_targets(studies, config, exp.out).items()}
         report = write_report(exp.out, targets, evaluations, {**config, "seed": exp.seed},
-                              {**context, "invocation_seconds": time.time() - started, "kept": exp.kept})
+                              {**context, "invocation_seconds": time.time() - started, "kept": exp.kept}, points)
     if len(experiments) > 1:
         report = write_seeds_report(out, {exp.seed: exp.out for exp in experiments},
                                     {**context, "invocation_seconds": time.time() - started})

@@ -48,7 +48,6 @@ from transformers import GenerationConfig, get_cosine_schedule_with_warmup
 from mathrl.answers import is_correct
 from mathrl.checkpoint import METRICS_NAME, MetricsLog, RunClock, save_final, save_periodic
 from mathrl.config import require_positive
-from mathrl.data import load_jsonl
 from mathrl.dynamic_sampling import CountedStream, choose_groups, mixed_groups, stack_rows
 from mathrl.distributed import (any_process, gather_in_order, gather_rows, local_share, loss_divisor,
                                 mean_over_processes, sum_over_processes, summed_over_processes,
@@ -69,7 +68,7 @@ from mathrl.resume import (StopSignals, check_finite, resume_run, start_run,
 from mathrl.rewards import MathRewardModel
 from mathrl.timing import PhaseTimer
 from mathrl.tracking import make_tracker
-from mathrl.validation import check_train_examples
+from mathrl.validation import load_train_examples
 
 NUM_SAMPLES_LOGGED = 4
 # Sampling statistics each process counts over its own groups; metrics.jsonl reports their sums over the processes
@@ -199,10 +198,11 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     apply_memory_options(model, config)
     model = apply_lora(model, config)
     reference = reference_model(model, accelerator.device) if config["kl_coeff"] > 0 else None
-    train_examples = load_jsonl(config["train_file"])
+    train_examples = load_train_examples(tokenizer, config)
     if len(train_examples) < config["batch_size"]:
-        raise UserError(f"{config['train_file']}: {len(train_examples)} examples, fewer than batch_size")
-    check_train_examples(tokenizer, train_examples, config)
+        share = f" (train_fraction {config['train_fraction']:g})" if config["train_fraction"] < 1 else ""
+        raise UserError(f"{config['train_file']}: {len(train_examples)} examples{share}, fewer than batch_size "
+                        f"{config['batch_size']}")
     batches = CountedStream(prompt_batches(train_examples, config["batch_size"], config["seed"]))
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
                                    config["top_p"], config["generation_cache"])

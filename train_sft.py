@@ -46,7 +46,6 @@ from transformers import get_cosine_schedule_with_warmup
 
 from mathrl.checkpoint import METRICS_NAME, MetricsLog, RunClock, save_final, save_periodic
 from mathrl.config import require_positive
-from mathrl.data import load_jsonl
 from mathrl.distributed import any_process, local_rows, loss_divisor, sum_over_processes
 from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
@@ -58,7 +57,7 @@ from mathrl.objectives import IGNORE_INDEX, sft_labels
 from mathrl.prompts import encode_example
 from mathrl.resume import Batches, StopSignals, check_finite, resume_run, start_run
 from mathrl.tracking import make_tracker
-from mathrl.validation import check_train_examples
+from mathrl.validation import load_train_examples
 
 NUM_EVAL_SAMPLES_LOGGED = 8
 
@@ -111,8 +110,7 @@ def setup(config: dict, init_from: str) -> SFTSetup:
     model, tokenizer = load_model_and_tokenizer(init_from, config)
     apply_memory_options(model, config)
     model = apply_lora(model, config)
-    train_examples = load_jsonl(config["train_file"])
-    check_train_examples(tokenizer, train_examples, config)
+    train_examples = load_train_examples(tokenizer, config)
     model, optimizer = prepare_policy(accelerator, model, config)  # DDP-wrapped, or sharded with fsdp: true
     train_loader = build_train_loader(train_examples, tokenizer, config)
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])

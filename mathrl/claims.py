@@ -382,3 +382,123 @@ def aggregate_claims(claims_by_seed: dict[int, list[dict]]) -> list[dict]:
                                                    for s, claims in claims_by_seed.items()})
                              for j in range(len(claim["comparisons"]))]}
             for i, claim in enumerate(first)]
+
+
+# ---- the opt-in studies (compare.py --studies; mathrl/studies.py) -----------------------------------------
+# `points` maps a study point's name (mathrl/studies.py) to a run as above (held_out, summary, metrics); `base` is
+# the base model's run.
+
+def kept_share(accuracy: float, full: float, base: float, n: int) -> tuple[float, float]:
+    """(share of the full-data gain kept on less data, its SE): r = (accuracy - base) / (full - base).
+
+    Delta method with the two gains' binomial SEs (`accuracy_difference` against the base), their covariance
+    through the shared base ignored: SE(r) = sqrt(se_num^2 + r^2 se_den^2) / (full - base)."""
+    num, se_num = accuracy_difference(accuracy, n, base, n)
+    den, se_den = accuracy_difference(full, n, base, n)
+    share = num / den
+    return share, math.sqrt(se_num ** 2 + share ** 2 * se_den ** 2) / abs(den)
+
+
+def data_efficiency(points: dict, base: dict, fraction: float) -> dict:
+    """(6.2.2) GRPO keeps more of its 100 %-data gain than SFT when trained on `fraction` of the prompts.
+
+    Each method's gain is its held-out accuracy minus the base model's; the kept share is the gain at `fraction`
+    over the gain at 100 % (`kept_share`). SUPPORTED when GRPO's share exceeds SFT's by more than 2 SE,
+    CONTRADICTED when it falls short by that, INCONCLUSIVE otherwise, and whenever a method gained nothing beyond
+    2 SE on all the data (it has no gain to keep)."""
+    b, n = base["held_out"]["accuracy"], base["held_out"]["num_examples"]
+    tag = f"{fraction:.0%}".replace("%", "pct")
+    parts, shares, nothing = [], {}, []
+    for method in ("sft", "grpo"):
+        full, part = points[f"{method}_100pct"]["held_out"], points[f"{method}_{tag}"]["held_out"]
+        if not learned(points[f"{method}_100pct"], base):
+            nothing.append(method)
+            parts.append(f"{method} {acc(part)} at {fraction:.0%} vs {acc(full)} at 100% (no gain over the "
+                         f"base's {b:.3f} beyond 2 SE)")
+            continue
+        shares[method] = kept_share(part["accuracy"], full["accuracy"], b, n)
+        parts.append(f"{method} {acc(part)} at {fraction:.0%} vs {acc(full)} at 100%: kept "
+                     f"{shares[method][0]:.2f} ± {shares[method][1]:.2f} of its gain over the base's {b:.3f}")
+    evidence = "; ".join(parts)
+    runs = f"grpo vs sft at {fraction:.0%} of the prompts"
+    if nothing:
+        return comparison(runs, INCONCLUSIVE, evidence + f"; {' and '.join(nothing)} had no gain to keep")
+    d = shares["grpo"][0] - shares["sft"][0]
+    se = math.hypot(shares["grpo"][1], shares["sft"][1])
+    return comparison(runs, verdict(d, se), evidence + f"; difference of kept shares {d:+.2f} ± {se:.2f}",
+                      difference=d, se=se, se_name="delta-method SE")
+
+
+def accuracy_spread(runs: list[dict]) -> dict:
+    """The spread of final held-out accuracy over a method's settings: max - min (its SE: that of the difference
+    of the two accuracies, sqrt(se_max^2 + se_min^2)) and the sample std over the settings."""
+    accuracies = [r["held_out"]["accuracy"] for r in runs]
+    n = runs[0]["held_out"]["num_examples"]
+    high, low = max(accuracies), min(accuracies)
+    return {"range": high - low, "range_se": math.hypot(binomial_se(high, n), binomial_se(low, n)),
+            "std": mean_and_std(accuracies)[1], "settings": len(runs), "accuracies": accuracies}
+
+
+def sensitivity(points: dict, base: dict, lr_names: list[str]) -> list[dict]:
+    """(5.1.2) GRPO is more sensitive than SFT: two comparisons.
+
+    Learning rate: the range of GRPO's final held-out accuracy over the learning-rate factors (`lr_names`, at the
+    configured kl_coeff) against SFT's over the same factors of its own learning rate; SUPPORTED when GRPO's range
+    is larger by more than 2 SE (the SEs of the two ranges combined), CONTRADICTED when smaller. Equal numbers of
+    settings on both sides, so the upward bias of a range of noisy values is the same for both. INCONCLUSIVE when
+    no GRPO setting rose above the base model by 2 SE: a flat method is insensitive because it does not learn.
+    KL coefficient: at each learning rate, GRPO with the configured kl_coeff vs with 0; SUPPORTED when the largest
+    of these differences exceeds 2 SE, else INCONCLUSIVE (a KL that changes nothing is no evidence against)."""
+    sft = accuracy_spread([points[f"sft_lr_{x}"] for x in lr_names])
+    grpo = accuracy_spread([points[f"grpo_lr_{x}"] for x in lr_names])
+    d, se = grpo["range"] - sft["range"], math.hypot(grpo["range_se"], sft["range_se"])
+
+    def text(name, spread):
+        return (f"{name} accuracies {', '.join(f'{a:.3f}' for a in spread['accuracies'])} (lr factors "
+                f"{', '.join(lr_names)}): range {spread['range']:.3f} ± {spread['range_se']:.3f}, std "
+                f"{spread['std']:.3f}")
+
+    evidence = f"{text('sft', sft)}; {text('grpo', grpo)}"
+    grpo_names = [f"grpo_lr_{x}{kl}" for kl in ("", "_kl0") for x in lr_names]
+    if not any(learned(points[name], base) for name in grpo_names):
+        lr = comparison("grpo vs sft: learning rate", INCONCLUSIVE,
+                        evidence + "; no GRPO setting rose above the base model by 2 SE, so its small spread says "
+                                   "nothing about sensitivity")
+    else:
+        lr = comparison("grpo vs sft: learning rate", verdict(d, se),
+                        evidence + f"; difference of ranges {d:+.3f} ± {se:.3f}", difference=d, se=se)
+    n = base["held_out"]["num_examples"]
+    changes = []
+    for x in lr_names:
+        with_kl, without = points[f"grpo_lr_{x}"]["held_out"], points[f"grpo_lr_{x}_kl0"]["held_out"]
+        changes.append((x, *accuracy_difference(with_kl["accuracy"], n, without["accuracy"], n)))
+    x, change, change_se = max(changes, key=lambda c: abs(c[1]) / c[2] if c[2] else abs(c[1]))
+    kl_evidence = ("grpo with the configured kl_coeff minus with kl_coeff 0, held-out accuracy: "
+                   + ", ".join(f"lr {name} {c:+.3f} ± {s:.3f}" for name, c, s in changes))
+    kl = comparison("grpo: KL coefficient", SUPPORTED if abs(change) > 2 * change_se else INCONCLUSIVE,
+                    kl_evidence + f"; largest at lr {x}", difference=abs(change), se=change_se)
+    return [lr, kl]
+
+
+def last_mean(metrics: list[dict], key: str, count: int = 10) -> float | None:
+    """The mean of a logged metric over a run's last `count` records that have it (None when none has)."""
+    values = [r[key] for r in metrics if key in r][-count:]
+    return statistics.fmean(values) if values else None
+
+
+def kl_estimator(points: dict, paper: str) -> dict:
+    """(3.3.4) GRPO after SFT with the paper's sequence-level KL (point `paper`) against the configured per-token
+    estimator (point "sft_grpo"): held-out accuracy (the verdict: SUPPORTED when the paper's is higher by more than
+    2 SE), with mean completion tokens and the comparable KL measure (kl_sequence, the squared sequence log-ratio
+    whatever the estimator, mean of the last 10 logged steps) as evidence."""
+    a, b = points[paper], points["sft_grpo"]
+    d, se = accuracy_difference(a["held_out"]["accuracy"], a["held_out"]["num_examples"],
+                                b["held_out"]["accuracy"], b["held_out"]["num_examples"])
+    (len_a, se_a), (len_b, se_b) = mean_tokens_and_se(a["held_out"]), mean_tokens_and_se(b["held_out"])
+    kls = [last_mean(r["metrics"], "kl_sequence") for r in (a, b)]
+    kl_text = " vs ".join("-" if k is None else f"{k:.4f}" for k in kls)
+    evidence = (f"held-out accuracy {acc(a['held_out'])} with the paper's KL vs {acc(b['held_out'])} per token; mean "
+                f"completion tokens {len_a:.2f} ± {se_a:.2f} vs {len_b:.2f} ± {se_b:.2f}; KL as the squared "
+                f"sequence log-ratio (kl_sequence, last 10 steps) {kl_text}")
+    return comparison(f"{paper} vs sft_grpo", verdict(d, se), evidence, difference=d, se=se,
+                      kl_sequence=kls[0], kl_sequence_reference=kls[1])

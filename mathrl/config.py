@@ -122,6 +122,8 @@ VALID_RANGES = {
     "eval_every": (lambda v: v >= 0, ">= 0"),
     "warmup_steps": (lambda v: v >= 0, ">= 0"),
     "max_train_seconds": (lambda v: v >= 0, ">= 0 (0: no limit)"),
+    "train_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "study_step_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "sft_target": (lambda v: v in SFT_TARGETS, f"one of {', '.join(SFT_TARGETS)}"),
 }
 

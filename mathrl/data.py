@@ -119,6 +119,19 @@ def load_jsonl(path: str | Path) -> list[dict]:
     return examples
 
 
+def training_subset(examples: list[dict], fraction: float, seed: int) -> list[dict]:
+    """The share `fraction` of the training examples that a run with train_fraction trains on (compare.py's
+    data_efficiency study): the first max(1, round(fraction * n)) indices of one permutation seeded by `seed`, in
+    file order. So a subset is the same for a seed every time, and a smaller fraction's subset lies inside a larger
+    one's (10 % within 30 %). fraction 1: every example, as read."""
+    if fraction >= 1:
+        return list(examples)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)  # one permutation per seed, whatever the fraction: the subsets nest
+    keep = sorted(order[:max(1, round(fraction * len(examples)))])
+    return [examples[i] for i in keep]
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every non-blank line of a JSONL file the repo wrote itself (metrics, samples, predictions), unvalidated."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

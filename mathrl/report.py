@@ -15,24 +15,36 @@ import time
 from pathlib import Path
 
 from mathrl import smollm2
-from mathrl.claims import aggregate_claims, binomial_se, check_claims, eval_curve, mean_and_std, notes
-from mathrl.data import OPS, has_trained_twin, load_jsonl, operation_of, read_jsonl
+from mathrl import claims as judge
+from mathrl.claims import (aggregate_claims, aggregate_comparison, binomial_se, check_claims, eval_curve, last_mean,
+                           mean_and_std, notes)
+from mathrl.config import load_saved_config
+from mathrl.data import OPS, has_trained_twin, load_jsonl, operation_of, read_jsonl, training_subset
 from mathrl.errors import UserError
 from mathrl.diversity import diversity_table
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, trained_by
+from mathrl.studies import LR_FACTORS, PAPER_KL_ESTIMATOR, lr_name
+from mathrl.studies import BY_NAME as STUDY_BY_NAME
 
 # ---- loading ----------------------------------------------------------------------------------------------
 
 def load_run(target, evaluation: list[dict], config: dict) -> dict:
     """Summary and metrics of one compare.py target, and its evaluation (one result per eval file, predictions
     included), keyed as mathrl/claims.py expects."""
-    ckpt, spec = Path(target.ckpt), BY_NAME[target.name]
-    trained = spec.script is not None or spec.starts_from is not None  # a checkpoint with a summary.json
+    spec = BY_NAME[target.name]
+    # a checkpoint with a summary.json, and a run with its own curves (not the warm start, a step of sft's)
+    return load_checkpoint(target, evaluation, config, trained=spec.script is not None or spec.starts_from is not None,
+                           own_run=spec.script is not None)
+
+
+def load_checkpoint(target, evaluation: list[dict], config: dict, trained: bool = True, own_run: bool = True) -> dict:
+    """load_run's record of any checkpoint: a main run's or a study point's (always a trained run's final/)."""
+    ckpt = Path(target.ckpt)
     by_file = {result["eval_file"]: result for result in evaluation}
     return {
         "name": target.name, "ckpt": target.ckpt, "offset_s": target.offset_s,
         "summary": json.loads((ckpt / "summary.json").read_text()) if trained else {},
-        "metrics": read_jsonl(ckpt.parent / "metrics.jsonl") if spec.script else [],  # the run's own curves
+        "metrics": read_jsonl(ckpt.parent / "metrics.jsonl") if own_run else [],
         "held_out": by_file[config["eval_file"]],
         "ood": by_file.get(config["ood_eval_file"]) if config["ood_eval_file"] else None,
     }
@@ -309,8 +321,10 @@ def report_markdown(h: dict, rows: dict, diversity: dict, claims: list[dict], fa
     return "\n".join(lines)
 
 
-def write_report(out: Path, targets: list, evaluations: dict[str, list[dict]], config: dict, context: dict) -> Path:
-    """Write REPORT.md, results.json, samples.md and the plots into `out`; returns REPORT.md's path."""
+def write_report(out: Path, targets: list, evaluations: dict[str, list[dict]], config: dict, context: dict,
+                 studies: dict | None = None) -> Path:
+    """Write REPORT.md, results.json, samples.md and the plots into `out`; returns REPORT.md's path. studies:
+    {study: {point: (target, evaluation)}} of the opt-in studies run (compare.py --studies), each a section."""
     runs = {t.name: load_run(t, evaluations[t.name], config) for t in targets}
     twin_free = twin_free_set(config)
     h = {**header(runs, config, context), "twin_free": {k: twin_free[k] for k in ("n", "of", "per_operation")}}
@@ -321,10 +335,150 @@ def write_report(out: Path, targets: list, evaluations: dict[str, list[dict]], c
     plots = plot(out, runs)
     (out / "samples.md").write_text(samples_markdown(runs, config["num_report_samples"]))
     results = {"header": h, "runs": rows, "diversity": diversity, "claims": claims, "notes": facts, "plots": plots}
+    markdown = report_markdown(h, rows, diversity, claims, facts, plots, config)
+    if studies:
+        results["studies"] = {name: study_results(out, name, {p: load_checkpoint(t, e, config)
+                                                              for p, (t, e) in points.items()}, runs["base"], config)
+                              for name, points in studies.items()}
+        markdown += studies_markdown(results["studies"], config)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = out / "REPORT.md"
-    report.write_text(report_markdown(h, rows, diversity, claims, facts, plots, config))
+    report.write_text(markdown)
     return report
+
+
+# ---- the opt-in studies (compare.py --studies; mathrl/studies.py) -----------------------------------------
+
+def study_row(point: str, run: dict, config: dict) -> dict:
+    """One line of a study's table (results.json's studies.<study>.points), from the run's files: its saved
+    config (the settings it ran with), summary.json, metrics.jsonl and its evaluation."""
+    saved, s, held = load_saved_config(Path(run["ckpt"])), run["summary"], run["held_out"]
+    fraction = saved.get("train_fraction", 1.0)
+    train = training_subset(load_jsonl(saved.get("train_file", config["train_file"])), fraction,
+                            saved.get("seed", config["seed"]))
+    return {
+        "ckpt": run["ckpt"], "train_fraction": fraction, "train_examples": len(train),
+        "learning_rate": saved.get("learning_rate"), "kl_coeff": saved.get("kl_coeff"),
+        "kl_estimator": saved.get("kl_estimator") if "kl_coeff" in saved else None,
+        "held_out_accuracy": held["accuracy"], "held_out_n": held["num_examples"],
+        "held_out_se": binomial_se(held["accuracy"], held["num_examples"]),
+        "mean_completion_tokens": held["mean_completion_tokens"],
+        "kl_sequence_last": last_mean(run["metrics"], "kl_sequence"),
+        "steps": s.get("step"), "train_seconds": s.get("train_seconds"),
+    }
+
+
+def study_verdicts(name: str, points: dict, base: dict) -> list[dict]:
+    """The study's comparisons (mathrl/claims.py), each {runs, verdict, evidence, ...}."""
+    if name == "data_efficiency":
+        return [judge.data_efficiency(points, base, f) for f in (0.1, 0.3)]
+    if name == "sensitivity":
+        return judge.sensitivity(points, base, [lr_name(f) for f in LR_FACTORS])
+    return [judge.kl_estimator(points, f"sft_grpo_{PAPER_KL_ESTIMATOR}")]
+
+
+def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> str:
+    """The study's figure (one PNG in `out`); returns its file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def with_error(ax, xs, names, label, **style):
+        ax.errorbar(xs, [rows[n]["held_out_accuracy"] for n in names],
+                    yerr=[2 * rows[n]["held_out_se"] for n in names], marker="o", capsize=3, label=label, **style)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axhline(base["held_out"]["accuracy"], color="gray", linestyle="--", label="base (untrained)")
+    if name == "data_efficiency":
+        fractions = sorted({r["train_fraction"] for r in rows.values()})
+        for method in ("sft", "grpo"):
+            with_error(ax, [f * 100 for f in fractions], [f"{method}_{f:.0%}".replace("%", "pct") for f in fractions],
+                       method)
+        ax.set(xscale="log", xlabel="training prompts (% of train_file, log scale)", xticks=[10, 30, 100],
+               xticklabels=["10", "30", "100"], title="Held-out accuracy vs share of the training prompts")
+        ax.minorticks_off()  # only the points' own ticks on the log axis
+    elif name == "sensitivity":
+        for label, names in (("sft", [f"sft_lr_{lr_name(f)}" for f in LR_FACTORS]),
+                             ("grpo, configured kl_coeff", [f"grpo_lr_{lr_name(f)}" for f in LR_FACTORS]),
+                             ("grpo, kl_coeff 0", [f"grpo_lr_{lr_name(f)}_kl0" for f in LR_FACTORS])):
+            with_error(ax, list(LR_FACTORS), names, label)
+        ax.set(xscale="log", xlabel="learning rate / the configured one (log scale)", xticks=list(LR_FACTORS),
+               xticklabels=["1/3", "1", "3"], title="Final held-out accuracy vs learning rate")
+        ax.minorticks_off()
+    else:
+        plt.close(fig)
+        fig, (ax, kl_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+        ax.axhline(base["held_out"]["accuracy"], color="gray", linestyle="--", label="base (untrained)")
+        names = list(rows)
+        ax.bar(range(len(names)), [rows[n]["held_out_accuracy"] for n in names],
+               yerr=[2 * rows[n]["held_out_se"] for n in names], capsize=4)
+        ax.set(xticks=range(len(names)), xticklabels=[f"{n}\n({rows[n]['kl_estimator']})" for n in names],
+               title="Held-out accuracy of SFT -> GRPO by KL estimator")
+        for n in names:
+            steps = [(r["step"], r["kl_sequence"]) for r in points[n]["metrics"] if "kl_sequence" in r]
+            kl_ax.plot([x for x, _ in steps], [y for _, y in steps], label=f"{n} ({rows[n]['kl_estimator']})")
+        kl_ax.set(title="(sum log pi - sum log ref)^2 per completion (kl_sequence)", xlabel="step")
+        kl_ax.legend()
+    ax.set(ylabel="held-out greedy accuracy (error bars: 2 SE)", ylim=(-0.02, 1.02))
+    ax.legend()
+    fig.tight_layout()
+    file = f"study_{name}.png"
+    fig.savefig(out / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
+def study_results(out: Path, name: str, points: dict, base: dict, config: dict) -> dict:
+    """A study's numbers for results.json: its points' rows, its verdicts, the spreads (sensitivity) and its plot."""
+    rows = {point: study_row(point, run, config) for point, run in points.items()}
+    result = {"section": STUDY_BY_NAME[name].section, "claim": STUDY_BY_NAME[name].claim,
+              "step_fraction": config["study_step_fraction"], "points": rows,
+              "verdicts": study_verdicts(name, points, base), "base_accuracy": base["held_out"]["accuracy"]}
+    if name == "sensitivity":
+        groups = {"sft": [f"sft_lr_{lr_name(f)}" for f in LR_FACTORS],
+                  "grpo (configured kl_coeff)": [f"grpo_lr_{lr_name(f)}" for f in LR_FACTORS],
+                  "grpo (kl_coeff 0)": [f"grpo_lr_{lr_name(f)}_kl0" for f in LR_FACTORS]}
+        groups["grpo (all 6 settings)"] = groups["grpo (configured kl_coeff)"] + groups["grpo (kl_coeff 0)"]
+        result["spreads"] = {g: judge.accuracy_spread([points[n] for n in names]) for g, names in groups.items()}
+    result["plot"] = study_plot(out, name, rows, base, points)
+    return result
+
+
+def study_table(rows: dict) -> str:
+    lines = ["| point | checkpoint | train prompts | learning rate | kl_coeff | kl_estimator | held-out acc ± SE (n) | "
+             "mean tokens | KL (seq.)² | steps | train s |", "|" + "---|" * 11]
+    for point, r in rows.items():
+        lines.append(f"| {point} | `{r['ckpt']}` | {r['train_examples']} ({r['train_fraction']:.0%}) | "
+                     f"{fmt(r['learning_rate'], '.3g')} | {fmt(r['kl_coeff'], 'g')} | {fmt(r['kl_estimator'])} | "
+                     f"{with_se(r['held_out_accuracy'], r['held_out_se'], r['held_out_n'])} | "
+                     f"{r['mean_completion_tokens']:.2f} | {fmt(r['kl_sequence_last'], '.4f')} | {fmt(r['steps'])} | "
+                     f"{fmt(r['train_seconds'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def studies_markdown(studies: dict, config: dict) -> str:
+    """REPORT.md's "Studies" section: per study a table, its plot and its verdicts."""
+    lines = ["", "## Studies (opt-in: compare.py --studies)", "",
+             "Each point is one run; a checkpoint outside studies/ is the main run of that name, reused. Greedy "
+             "held-out accuracy (no sampled completions). ² KL (seq.): the squared sequence log-ratio to the "
+             "reference, (sum_t log pi - sum_t log ref)², mean of the last 10 logged steps (GRPO; kl_sequence in "
+             "metrics.jsonl), comparable whatever kl_estimator trained it. Verdicts: differences within 2 SE are "
+             "\"inconclusive\" (mathrl/claims.py). docs/STUDIES.md says what each study runs.", ""]
+    fraction = config["study_step_fraction"]
+    if fraction < 1:
+        lines += [f"Every study run trained for {fraction:g} x the main runs' steps (study_step_fraction), the "
+                  "points with the main runs' settings included: they were rerun at that budget, not reused.", ""]
+    for name, study in studies.items():
+        lines += [f"### {name} (paper {study['section']}): {study['claim']}", "", study_table(study["points"]), ""]
+        for group, spread in study.get("spreads", {}).items():
+            lines.append(f"- {group}: final held-out accuracy range (max - min) {spread['range']:.3f} ± "
+                         f"{spread['range_se']:.3f}, std {spread['std']:.3f} over {spread['settings']} settings")
+        if "spreads" in study:
+            lines.append("")
+        lines += [f"- {x['runs']}: **{x['verdict']}** ({x['evidence']})" for x in study["verdicts"]]
+        lines += ["", f"![{study['plot']}]({study['plot']})", ""]
+    return "\n".join(lines)
 
 
 # ---- across seeds (compare.py --seeds N) ------------------------------------------------------------------
@@ -423,7 +577,30 @@ def write_seeds_report(out: Path, seed_dirs: dict[int, Path], context: dict) -> 
     facts = [f"seed {s}: {fact}" for s, r in per_seed.items() for fact in r["notes"]]
     results = {"header": h, "runs": rows, "claims": claims, "notes": facts,
                "per_seed": {s: str(d / "results.json") for s, d in seed_dirs.items()}}
+    markdown = seeds_markdown(h, rows, claims, facts)
+    if all("studies" in r for r in per_seed.values()):
+        results["studies"] = seeds_studies({s: r["studies"] for s, r in per_seed.items()})
+        markdown += seeds_studies_markdown(results["studies"], list(per_seed))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = out / "REPORT.md"
-    report.write_text(seeds_markdown(h, rows, claims, facts))
+    report.write_text(markdown)
     return report
+
+
+def seeds_studies(by_seed: dict[int, dict]) -> dict:
+    """Each study's verdicts judged across seeds (`aggregate_comparison`, as the claims); {study: [comparison]}."""
+    first = next(iter(by_seed.values()))
+    return {name: [aggregate_comparison({s: studies[name]["verdicts"][j] for s, studies in by_seed.items()})
+                   for j in range(len(study["verdicts"]))] for name, study in first.items()}
+
+
+def seeds_studies_markdown(studies: dict, seeds: list[int]) -> str:
+    lines = ["", "## Studies over seeds (opt-in: compare.py --studies)", "",
+             "Each study's verdicts judged across seeds as the claims above; each seed's tables and plots are in its "
+             "REPORT.md (" + ", ".join(f"[{s}](seed-{s}/REPORT.md)" for s in seeds) + ").", ""]
+    for name, comparisons in studies.items():
+        lines += [f"- **{name}**: " + "; ".join(f"{x['runs']}: **{x['verdict']}**, judged against the {x['used']} "
+                                                f"({x['evidence']})" if x["used"] != "seed agreement" else
+                                                f"{x['runs']}: **{x['verdict']}**, judged by seed agreement "
+                                                f"({x['evidence']})" for x in comparisons)]
+    return "\n".join([*lines, ""])

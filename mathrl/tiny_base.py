@@ -27,8 +27,9 @@ from mathrl.data import build_datasets
 PRETRAINING = {
     "corpus_seed": 0,            # the data generator's seed (data/ is generated with 0) and the phrasing draw
     "forms_per_fact": 3,         # each tiny_train fact is written this many times, in different surface forms
-    "steps": 600,
-    "batch_size": 64,            # documents per step
+    "steps": 2400,               # 9 epochs of the corpus, as 600 steps of 64 were; smaller batches learned more
+    "batch_size": 16,            # documents per step
+    "length_pool": 16,           # batches drawn at once and cut by document length (see document_batches)
     "learning_rate": 3.0e-3,
     "warmup_steps": 50,
     "weight_decay": 0.3,
@@ -60,13 +61,20 @@ QUESTIONS = (
     lambda a, op, b: f"Q: {a} {_SYMBOL[op]} {b}?",
     lambda a, op, b: f"What's {a} {_SYMBOL[op]} {b}?",
 )
-# A remark between question and answer, from a small grammar of everyday requests (none uses a word of the task's
-# "Answer with an integer."), so the model learns to carry the operands across any sentence before it answers.
-REMARKS = tuple(" ".join(w for w in (opener, verb, obj, where) if w) + "."
-                for opener in ("", "Please", "Now", "Quickly", "Kindly", "Then")
-                for verb in ("give", "say", "tell me", "write", "show")
-                for obj in ("the value", "the total", "your result", "it", "the sum")
-                for where in ("", "here", "below", "now"))
+# A remark between question and answer: a sentence of made-up words (random lowercase letters), standing for the
+# varied text a pretrained model has seen between a question and its answer. It teaches the model to carry the
+# operands across any sentence it has never seen before answering, the task's "Answer with an integer." included.
+# (A small grammar of everyday requests did not carry over: the base answered the task's prompts with the
+# grammar's words, "re." or "result", instead of a number.)
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def made_up_sentence(rng: random.Random) -> str:
+    """1-6 words of 1-8 random letters, capitalised, ending in a full stop: "Qzt bwo lkhrae."."""
+    words = ["".join(rng.choice(LETTERS) for _ in range(rng.randint(1, 8))) for _ in range(rng.randint(1, 6))]
+    return " ".join(words).capitalize() + "."
+
+
 REMARK_SHARE = 0.6   # of the question forms; the rest answer right after the question
 
 def corpus_facts(seed: int) -> list[tuple[int, str, int, int]]:
@@ -84,7 +92,7 @@ def pretraining_corpus(settings: dict = PRETRAINING) -> list[str]:
                 documents.append(STATEMENTS[form](a, op, b, c))
                 continue
             question = QUESTIONS[form - len(STATEMENTS)](a, op, b)
-            remark = " " + rng.choice(REMARKS) if rng.random() < REMARK_SHARE else ""
+            remark = " " + made_up_sentence(rng) if rng.random() < REMARK_SHARE else ""
             documents.append(f"{question}{remark} {c}")
     return documents
 
@@ -108,6 +116,20 @@ def document_batch(tokenizer, documents: list[str]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def document_batches(documents: list[str], batch_size: int, length_pool: int, rng: random.Random):
+    """Endless batches of documents: epochs in shuffled order; every `length_pool` batches' worth is sorted by
+    length and cut into batches of similar length (in shuffled order), so that padding, half of the compute with
+    mixed lengths, is nearly gone. length_pool 1: plain shuffled batches."""
+    queue: list[str] = []
+    while True:
+        while len(queue) < batch_size * length_pool:
+            queue += rng.sample(documents, len(documents))
+        pool, queue = queue[: batch_size * length_pool], queue[batch_size * length_pool:]
+        pool.sort(key=len)
+        batches = [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
+        yield from rng.sample(batches, len(batches))
+
+
 def pretrain(model, tokenizer, settings: dict = PRETRAINING):
     """Next-token prediction on the corpus for settings["steps"] steps (AdamW, cosine schedule).
 
@@ -123,12 +145,9 @@ def pretrain(model, tokenizer, settings: dict = PRETRAINING):
     threads = torch.get_num_threads()
     torch.set_num_threads(settings["threads"])
     model.train()
-    queue: list[str] = []
+    batches = document_batches(documents, settings["batch_size"], settings["length_pool"], order)
     progress = tqdm(range(settings["steps"]), desc="pretraining builtin:tiny-base", dynamic_ncols=True)
-    for _ in progress:
-        if len(queue) < settings["batch_size"]:  # epochs in a fresh shuffled order
-            queue += order.sample(documents, len(documents))
-        batch, queue = queue[: settings["batch_size"]], queue[settings["batch_size"]:]
+    for _, batch in zip(progress, batches):
         loss = model(**document_batch(tokenizer, batch)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings["max_grad_norm"])

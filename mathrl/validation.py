@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mathrl.answers import extract_answer
 from mathrl.checkpoint import TMP_CHECKPOINT
+from mathrl.data import load_jsonl, training_subset
 from mathrl.errors import UserError
 from mathrl.prompts import completion_ids, prompt_ids, shorten, target_text
 
@@ -64,6 +65,14 @@ def check_safetensors(path: Path) -> None:
 
 
 # ---- training data --------------------------------------------------------------------------------------------
+
+def load_train_examples(tokenizer, config: dict) -> list[dict]:
+    """The examples a trainer trains on: train_file, checked whole (`check_train_examples`, so an error names the
+    file's line), then cut to its train_fraction (mathrl.data.training_subset, seeded by the run's seed)."""
+    examples = load_jsonl(config["train_file"])
+    check_train_examples(tokenizer, examples, config)
+    return training_subset(examples, config["train_fraction"], config["seed"])
+
 
 def check_train_examples(tokenizer, examples: list[dict], config: dict) -> None:
     """Refuse SFT targets (the answer, or the worked solution with sft_target solution) that do not fit

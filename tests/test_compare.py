@@ -3,7 +3,7 @@
 One compare.py run (module fixture) trains every run of the experiment on a micro config written to tmp_path
 (sft 4 steps, grpo 2 steps, 2-second head-to-head, 2 samples per prompt); the tests then read what it wrote,
 re-run it (everything kept), and force or interrupt single runs. The claim checks of mathrl/claims.py are also
-tested on hand-made numbers, where each verdict is known.
+tested on hand-made numbers, where each verdict is known. The last test adds the data_efficiency study (--studies).
 """
 
 import json
@@ -379,3 +379,47 @@ def test_grpo_length_run_is_planned_only_when_its_weight_is_set():
     assert length.overrides == ["--length_reward_weight", "0.5"]
     smollm2 = resolve_config("compare", str(REPO_ROOT / "configs/smollm2.yaml"))
     assert "grpo_length" in [r.name for r in plan_runs(smollm2, Path("out"))]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An opt-in study (mathrl/studies.py; tests/test_studies.py tests the plans and verdicts) on the finished experiment
+# ---------------------------------------------------------------------------------------------------------
+
+def test_data_efficiency_study_end_to_end(experiment):
+    """--studies data_efficiency trains SFT and GRPO on 10 % and 30 % of the 32 prompts beside the kept main runs,
+    evaluates them and writes its REPORT.md section; the same command again keeps everything."""
+    out, root = experiment["out"], experiment["root"]
+    main = {name: snapshot(out / name) for name in ("base", *TRAINED)}
+    returncode, stdout, stderr, _ = compare(experiment["runner"], root, "--studies", "data_efficiency",
+                                            "--parallel_runs", "2")
+    assert returncode == 0, stdout + stderr
+    assert {name: snapshot(out / name) for name in main} == main  # the main runs and their evaluations are kept
+    study = out / "studies" / "data_efficiency"
+    expected_steps = {"sft": ("max_steps", 4), "grpo": ("num_train_steps", 2)}  # the main runs' budgets
+    for method in ("sft", "grpo"):
+        for share in (10, 30):
+            run = study / f"{method}_{share}pct"
+            saved = yaml.safe_load((run / "final" / "config.yaml").read_text())
+            key, steps = expected_steps[method]
+            assert (saved["train_fraction"], saved[key], summary(study, run.name)["step"]) == (share / 100, steps, steps)
+            stored, _ = evaluation(study, run.name)
+            assert stored["settings"]["samples"] == 0  # greedy only
+    data = results(out)["studies"]["data_efficiency"]
+    rows = data["points"]
+    assert list(rows) == ["sft_10pct", "sft_30pct", "sft_100pct", "grpo_10pct", "grpo_30pct", "grpo_100pct"]
+    assert rows["sft_100pct"]["ckpt"] == str(out / "sft" / "final")  # the main run, reused
+    assert [rows[p]["train_examples"] for p in ("sft_10pct", "sft_30pct", "sft_100pct")] == [3, 10, 32]
+    assert rows["grpo_30pct"]["held_out_accuracy"] == evaluation(study, "grpo_30pct")[0]["results"][0]["accuracy"]
+    assert [v["runs"] for v in data["verdicts"]] == ["grpo vs sft at 10% of the prompts",
+                                                     "grpo vs sft at 30% of the prompts"]
+    assert all(v["verdict"] in VERDICTS and v["evidence"] for v in data["verdicts"])
+    report = (out / "REPORT.md").read_text()
+    assert "### data_efficiency (paper 6.2.2)" in report and "| grpo_10pct | " in report
+    assert report.count("- grpo vs sft at ") == 2
+    assert (out / data["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({data['plot']})" in report
+    kept = snapshot(out / "studies")
+    returncode, stdout, stderr, _ = compare(experiment["runner"], root, "--studies", "data_efficiency")
+    assert returncode == 0, stdout + stderr
+    assert "to run: -" in stdout and "every study evaluation is up to date" in stdout
+    assert {k: v for k, v in snapshot(out / "studies").items() if "evaluate" not in k} == \
+        {k: v for k, v in kept.items() if "evaluate" not in k}

@@ -120,3 +120,26 @@ def test_report_says_what_the_pretrained_base_is():
     line = model_description(micro_base_config())
     assert "pretrained on arithmetic text" in line and "stand-in" not in line and "hidden 32" in line
     assert "trained from scratch" in model_description({**micro_base_config(), "model_name": "builtin:tiny"})
+
+
+def test_length_pooled_batches_cover_every_document_once_per_pass_with_little_padding():
+    import random
+
+    documents = [f"doc {i} " + "x" * (i % 37) for i in range(200)]
+    batches = tiny_base.document_batches(documents, batch_size=10, length_pool=4, rng=random.Random(0))
+    first_pass = [next(batches) for _ in range(20)]  # 20 batches of 10: exactly one pass over the 200 documents
+    assert sorted(d for batch in first_pass for d in batch) == sorted(documents)
+    assert all(len(batch) == 10 for batch in first_pass)
+    spread = max(max(map(len, b)) - min(map(len, b)) for b in first_pass)
+    assert spread < 20  # a pool of 40 is cut by length: each batch spans about a quarter of the 37 lengths
+    plain = tiny_base.document_batches(documents, batch_size=10, length_pool=1, rng=random.Random(0))
+    assert max(max(map(len, b)) - min(map(len, b)) for b in (next(plain) for _ in range(20))) > spread
+
+
+def test_remarks_are_made_up_sentences_not_the_task_instruction():
+    import random
+
+    rng = random.Random(0)
+    sentences = [tiny_base.made_up_sentence(rng) for _ in range(500)]
+    assert all(s[0].isupper() and s.endswith(".") and s[:-1].replace(" ", "").isalpha() for s in sentences)
+    assert len(set(sentences)) > 490 and "Answer with an integer." not in sentences
