@@ -6,6 +6,7 @@
     python train_grpo.py --advantage_mode grpo --loss_type clipped --kl_estimator k3 --num_iterations 2
     python train_grpo.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
     torchrun --standalone --nproc_per_node 2 train_grpo.py --config configs/tiny.yaml   # k processes (README)
+    torchrun --standalone --nproc_per_node 2 train_grpo.py --config configs/tiny.yaml --fsdp true   # sharded
 
 Each step: sample `batch_size` prompts; generate `group_size` completions each in ONE batched generate call (one
 per round with dynamic_sampling); score them with the rule-based reward (mathrl/rewards.py, the paper's
@@ -56,7 +57,8 @@ from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prompt_completion_logits
 from mathrl.generation import generate_ids, generation_config
 from mathrl.lora import apply_lora, reference_model
-from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.modeling import (apply_memory_options, clip_gradients, load_model_and_tokenizer, make_accelerator,
+                             prepare_policy)
 from mathrl.objectives import (ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES, completion_mask,
                                gather_logprobs, group_advantages, grpo_loss, loss_mask, token_entropy,
                                truncated_rows)
@@ -90,7 +92,7 @@ class Rollout:
 class GRPOSetup:
     """What every GRPO step needs, built by `setup` (main() and bench/bench_grpo.py both build it there)."""
     accelerator: Accelerator
-    model: torch.nn.Module              # the policy as accelerate prepared it (forward, backward, clipping)
+    model: torch.nn.Module              # the policy as prepare_policy prepared it (forward, backward, clipping)
     unwrapped: torch.nn.Module          # the same policy unwrapped (generation, evaluation, saving)
     reference: object | None            # frozen starting policy (a copy, or with LoRA the policy with its adapters
                                         # disabled: mathrl/lora.py); None when kl_coeff is 0
@@ -183,7 +185,8 @@ def score(rollout: Rollout, batch: list[dict], reward_model: MathRewardModel, gr
 
 def setup(config: dict, init_from: str) -> GRPOSetup:
     """The policy (from init_from), its frozen reference, the reward, the prompt stream, the optimizer and the
-    cosine schedule, prepared by accelerate."""
+    cosine schedule, prepared by accelerate. With `fsdp: true` on several processes the policy is sharded
+    (mathrl/fsdp.py) and the KL reference stays a full, unsharded copy on every process."""
     accelerator = make_accelerator(config)
     if config["dynamic_sampling"] and accelerator.num_processes > 1:
         raise UserError("dynamic_sampling runs on one process only: each process would draw further prompt batches "
@@ -204,9 +207,9 @@ def setup(config: dict, init_from: str) -> GRPOSetup:
     gen_config = generation_config(tokenizer, config["max_completion_length"], True, config["temperature"],
                                    config["top_p"], config["generation_cache"])
     total_updates = config["num_train_steps"] * config["num_iterations"]
-    optimizer = make_optimizer(model, config)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_updates)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # DDP-wrapped, or with fsdp: true on several processes sharded (the reference above stays a full replica).
+    model, optimizer = prepare_policy(accelerator, model, config)
+    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, config["warmup_steps"], total_updates))
     return GRPOSetup(accelerator, model, accelerator.unwrap_model(model), reference, tokenizer,
                      MathRewardModel.from_config(config), batches, gen_config, optimizer, scheduler)
 
@@ -365,7 +368,7 @@ def grpo_step(run: GRPOSetup, batch: list[dict], config: dict, timer: PhaseTimer
         with timer.phase("backward"):
             run.accelerator.backward(loss)
         with timer.phase("optimizer"):
-            grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), config["max_grad_norm"]))
+            grad_norm = float(clip_gradients(run.accelerator, run.model, config["max_grad_norm"]))
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad()

@@ -7,6 +7,7 @@
     python train_sft.py --config configs/tiny.yaml --resume_from auto    # continue an interrupted run
     python train_sft.py --config configs/tiny_reasoning.yaml   # worked solutions as targets (sft_target: solution)
     torchrun --standalone --nproc_per_node 2 train_sft.py --config configs/tiny.yaml   # k processes (README)
+    torchrun --standalone --nproc_per_node 2 train_sft.py --config configs/tiny.yaml --fsdp true   # sharded
 
 Writes OUTPUT_DIR/metrics.jsonl, OUTPUT_DIR/eval_samples.jsonl, OUTPUT_DIR/step_N/ and OUTPUT_DIR/final/
 (Hugging Face model + tokenizer, resolved config, training state, run summary). `init_from` starts from a
@@ -50,7 +51,8 @@ from mathrl.errors import UserError, run_cli
 from mathrl.evaluation import evaluate_sets, load_eval_sets
 from mathrl.fast_paths import shared_prefix_sft_loss
 from mathrl.lora import apply_lora
-from mathrl.modeling import apply_memory_options, load_model_and_tokenizer, make_accelerator, make_optimizer
+from mathrl.modeling import (apply_memory_options, clip_gradients, gradient_sync_off, load_model_and_tokenizer,
+                             make_accelerator, prepare_policy)
 from mathrl.objectives import IGNORE_INDEX, sft_labels
 from mathrl.prompts import encode_example
 from mathrl.resume import Batches, StopSignals, check_finite, resume_run, start_run
@@ -87,7 +89,7 @@ def build_train_loader(examples, tokenizer, config) -> DataLoader:
 class SFTSetup:
     """What the training loop needs, built by `setup` (main() and bench/bench_sft.py both build it there)."""
     accelerator: Accelerator
-    model: torch.nn.Module        # as accelerate prepared it (forward, backward, clipping)
+    model: torch.nn.Module        # as prepare_policy prepared it (forward, backward, clipping)
     unwrapped: torch.nn.Module    # the same model unwrapped (evaluation, saving)
     tokenizer: object
     train_loader: DataLoader      # the global batches (each process trains on its rows of them)
@@ -99,7 +101,7 @@ class SFTSetup:
 
 def setup(config: dict, init_from: str) -> SFTSetup:
     """The model (from init_from), the training batches, AdamW and the cosine schedule; model, optimizer and schedule
-    prepared by accelerate.
+    prepared by accelerate (the model sharded instead with `fsdp: true` on several processes: mathrl/fsdp.py).
 
     batch_size is global: every process draws the batches one process would take from the same seeded loader, and
     `train_step` trains each on its rows (mathrl/distributed.py), so the schedule counts optimizer steps of that
@@ -109,8 +111,7 @@ def setup(config: dict, init_from: str) -> SFTSetup:
     apply_memory_options(model, config)
     model = apply_lora(model, config)
     train_examples = load_train_examples(tokenizer, config)
-    optimizer = make_optimizer(model, config)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare_policy(accelerator, model, config)  # DDP-wrapped, or sharded with fsdp: true
     train_loader = build_train_loader(train_examples, tokenizer, config)
     steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation_steps"])
     total_steps = config["max_steps"] if config["max_steps"] > 0 else config["num_epochs"] * steps_per_epoch
@@ -145,7 +146,7 @@ def train_step(run: SFTSetup, window: list[dict], max_grad_norm: float) -> tuple
     for i, batch in enumerate(window):
         rows = local_rows(batch, accelerator.device)
         # Gradients are averaged across processes once per window, at its last micro-batch.
-        sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(run.model)
+        sync = contextlib.nullcontext() if i == len(window) - 1 else gradient_sync_off(accelerator, run.model)
         with sync:
             if rows is None:  # fewer rows than processes: take part in the averaging with a zero gradient
                 loss = shared_prefix_sft_loss(run.model, local_rows(batch, accelerator.device, rank=0), divisor) * 0
@@ -153,7 +154,7 @@ def train_step(run: SFTSetup, window: list[dict], max_grad_norm: float) -> tuple
                 loss = shared_prefix_sft_loss(run.model, rows, divisor)  # = objectives.sft_loss(model, rows, divisor)
             accelerator.backward(loss)
         summed += loss.detach()
-    grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+    grad_norm = clip_gradients(accelerator, run.model, max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad()

@@ -6,6 +6,10 @@ summary. It is written to a temporary directory `.NAME.tmp-PID`, flushed to disk
 place, so a crash or a kill never leaves half a checkpoint under a checkpoint's name; the debris of such a
 crash is removed when a run starts or resumes in that directory. A run refuses to start in a directory that
 already holds checkpoints, so no run ever overwrites an earlier one (mathrl/resume.py continues one instead).
+
+A model sharded with FSDP (mathrl/fsdp.py) is saved in the same format: every process takes part in gathering
+the full weights and the full optimizer state onto the main process, which alone writes them (the optimizer
+state then keyed by parameter name instead of number; mathrl/resume.py loads either back).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from mathrl.config import save_config
 from mathrl.distributed import gather_in_order, is_main_process, process_count, wait_for_everyone
 from mathrl.errors import UserError
+from mathrl.fsdp import full_optimizer_state, full_weights, is_sharded
 from mathrl.lora import save_model
 
 TRAINING_STATE_NAME = "training_state.pt"
@@ -106,11 +111,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_state(optimizer, scheduler, clock, step: int, batches_drawn: int) -> dict:
+def training_state(model, optimizer, scheduler, clock, step: int, batches_drawn: int) -> dict:
     """What resuming needs besides the weights (RNG state is added by save_checkpoint): `batches_drawn` is the
     run's position in its seeded data stream (batches taken from it so far). Called on every process: with
-    several, "process_rng" holds each one's RNG state (GRPO's processes sample from their own streams)."""
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+    several, "process_rng" holds each one's RNG state (GRPO's processes sample from their own streams), and a
+    sharded model's optimizer state is gathered from every process (complete on the main process only)."""
+    optimizer_state = full_optimizer_state(model, optimizer) if is_sharded(model) else optimizer.state_dict()
+    state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
              "batches_drawn": batches_drawn, "clock": clock.state_dict()}
     if process_count() > 1:
         state["process_rng"] = gather_in_order([rng_state()])
@@ -118,21 +125,26 @@ def training_state(optimizer, scheduler, clock, step: int, batches_drawn: int) -
 
 
 def save_checkpoint(output_dir: Path, name: str, model, tokenizer, config: dict,
-                    training_state: dict | None = None, summary: dict | None = None) -> Path:
+                    training_state: dict | None = None, summary: dict | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `output_dir/name/` atomically: HF model + tokenizer, config.yaml, training_state.pt, summary.json.
+    `weights`: a sharded model's full weights (`gathered_weights`), written in place of its state dict.
 
     Refuses weights that are not finite (a diverged run keeps its last good checkpoint). Every file is flushed
     to disk before the rename, so after a power cut `name/` is either complete or absent."""
     target = Path(output_dir) / name
     if target.exists():
         raise UserError(f"{target} already exists; refusing to overwrite a checkpoint")
-    bad = [n for n, p in model.state_dict().items() if not torch.isfinite(p).all()]
+    bad = [n for n, p in (model.state_dict() if weights is None else weights).items() if not torch.isfinite(p).all()]
     if bad:
         raise UserError(f"non-finite weights ({len(bad)} tensors, first {bad[0]}); {target} was not written")
     tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_model(model, tmp)  # a LoRA model: merged, with its adapters beside (mathrl/lora.py)
+        if weights is None:
+            save_model(model, tmp)  # a LoRA model: merged, with its adapters beside (mathrl/lora.py)
+        else:  # (FSDP is never combined with LoRA: fsdp.check_fsdp)
+            model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         save_config(config, tmp)
         if training_state is not None:
@@ -178,15 +190,23 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def gathered_weights(model) -> dict[str, torch.Tensor] | None:
+    """A sharded model's full weights, on the main process ({} on the others); None for a model that is not
+    sharded (its own state dict is saved). Called on every process: gathering the shards is a collective."""
+    return full_weights(model) if is_sharded(model) else None
+
+
 def save_periodic(output_dir: Path, model, tokenizer, config: dict, optimizer, scheduler, clock, step: int, *,
                   batches_drawn: int, always: bool = False) -> None:
     """OUTPUT_DIR/step_N/ every save_every steps (0: never), or now if `always`, outside the training clock."""
     due = config["save_every"] and step % config["save_every"] == 0
     if due or always:
         with clock.paused():
-            state = training_state(optimizer, scheduler, clock, step, batches_drawn)
+            state = training_state(model, optimizer, scheduler, clock, step, batches_drawn)
+            weights = gathered_weights(model)
             if is_main_process() and (due or not (Path(output_dir) / f"step_{step}").exists()):
-                save_checkpoint(output_dir, f"step_{step}", model, tokenizer, config, state, clock.summary(step=step))
+                save_checkpoint(output_dir, f"step_{step}", model, tokenizer, config, state, clock.summary(step=step),
+                                weights)
             wait_for_everyone()
 
 
@@ -195,12 +215,13 @@ def save_final(output_dir: Path, model, tokenizer, config: dict, optimizer, sche
     """Write OUTPUT_DIR/final/ with the run summary and say where it is; the last phase of both trainers."""
     summary = clock.summary(step=step, final_eval_accuracy=accuracy, init_from=init_from,
                             stopped_by_time=stopped_by_time)
-    state = training_state(optimizer, scheduler, clock, step, batches_drawn)
+    state = training_state(model, optimizer, scheduler, clock, step, batches_drawn)
+    weights = gathered_weights(model)
     final = Path(output_dir) / "final"
     if not is_main_process():  # only the main process writes; the others wait until final/ is complete
         wait_for_everyone()
         return final
-    final = save_checkpoint(output_dir, "final", model, tokenizer, config, state, summary)
+    final = save_checkpoint(output_dir, "final", model, tokenizer, config, state, summary, weights)
     stop = " (time budget reached)" if stopped_by_time else ""
     print(f"final held-out greedy accuracy {accuracy:.3f} after {step} steps{stop}, "
           f"{summary['wall_time_s']:.0f} s; checkpoint: {final}")

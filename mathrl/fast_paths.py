@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mathrl.fsdp import is_sharded
 from mathrl.objectives import IGNORE_INDEX, completion_logits, left_padded_positions, sft_loss
 
 
@@ -28,6 +29,14 @@ def cache_is_dropped(model) -> bool:
     model run without gradients and keep their shared prefixes."""
     module = getattr(model, "module", model)  # a DistributedDataParallel wrapper holds the model in .module
     return bool(getattr(module, "is_activation_checkpointing", False)) and module.training and torch.is_grad_enabled()
+
+
+def takes_plain_form(model) -> bool:
+    """Whether the fast paths below must take their plain forms: the cache is dropped (`cache_is_dropped`), or the
+    model is sharded with FSDP (mathrl/fsdp.py), where every process must run the same number of forward passes
+    (each gathers the shards from all the others) and the fast paths' number depends on the batch (a process whose
+    rows share no prefix runs one forward, another two). The plain forms run exactly one."""
+    return cache_is_dropped(model) or is_sharded(model)
 
 
 def shared_prefix_sft_loss(model, batch: dict, divisor: float | None = None) -> Tensor:
@@ -43,7 +52,7 @@ def shared_prefix_sft_loss(model, batch: dict, divisor: float | None = None) -> 
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [B, T]
     # Columns holding a scored label (a label in column 0 is never scored: nothing comes before it).
     labelled = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1) + 1  # [K]
-    if labelled.numel() == 0 or cache_is_dropped(model):
+    if labelled.numel() == 0 or takes_plain_form(model):
         return sft_loss(model, batch, divisor)  # nothing to score: the plain pass (and its NaN); no cache: the plain pass
     first, last = int(labelled[0]), int(labelled[-1])
     # Leading columns that hold one token in every row and whose logits score no label (column t scores t+1).
@@ -78,7 +87,7 @@ def shared_prompt_completion_logits(model, sequences: Tensor, attention_mask: Te
     num_completion = sequences.shape[1] - width
     prompts = torch.cat([sequences[:, :width], attention_mask[:, :width]], dim=1)  # [N, 2P]
     unique, group = torch.unique_consecutive(prompts, dim=0, return_inverse=True)  # [U, 2P], [N] row -> prompt
-    if unique.shape[0] == prompts.shape[0] or cache_is_dropped(model):
+    if unique.shape[0] == prompts.shape[0] or takes_plain_form(model):
         return completion_logits(model, sequences, attention_mask, prompt_width)  # [N, L, V]
 
     # Each prompt once: its keys/values, and the logits at its last token, which score completion token 0.

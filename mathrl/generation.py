@@ -2,6 +2,11 @@
 
 Prompts are left-padded and a whole batch goes through one `model.generate` call (KV cache on); completions are
 read off the generated ids, never by re-tokenizing text, and cut at their first EOS (`completion_mask`).
+
+A model sharded with FSDP (mathrl/fsdp.py) needs every process in every forward pass: its generate calls run with
+`synced_gpus=True` (a process whose completions have all ended keeps stepping until every process's have), without
+the shared prompt prefill (generate prefills itself, one forward on every process), and `complete` makes as many
+generate calls on every process, however many prompts each was given.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig
 
+from mathrl.distributed import values_over_processes
 from mathrl.errors import UserError
 from mathrl.fast_paths import shared_prompt_cache
+from mathrl.fsdp import is_sharded, reshard
 from mathrl.objectives import completion_mask
 from mathrl.prompts import prompt_ids
 
@@ -46,11 +53,24 @@ def generation_config(tokenizer, max_new_tokens: int, do_sample: bool, temperatu
     )
 
 
-@torch.inference_mode()
 def generate_ids(model, tokenizer, prompts: list[list[int]], gen_config: GenerationConfig,
                  num_return_sequences: int = 1) -> tuple[torch.Tensor, int]:
     """One generate call for the batch. Returns (sequences [B*n, P+L], P) with completions grouped per prompt
-    (prompt i's samples are rows i*n .. i*n+n-1, the `repeat_interleave` layout)."""
+    (prompt i's samples are rows i*n .. i*n+n-1, the `repeat_interleave` layout).
+
+    Runs in inference mode, or without gradients for a sharded model: FSDP's gathered weights are buffers it
+    writes again at every forward, and tensors made in inference mode can never be written outside it."""
+    sharded = is_sharded(model)
+    if not sharded:
+        with torch.inference_mode():
+            return _generate_ids(model, tokenizer, prompts, gen_config, num_return_sequences, sharded)
+    with torch.no_grad():
+        result = _generate_ids(model, tokenizer, prompts, gen_config, num_return_sequences, sharded)
+    reshard(model)  # the root's weights stay gathered after a forward without backward
+    return result
+
+
+def _generate_ids(model, tokenizer, prompts, gen_config, num_return_sequences: int, sharded: bool):
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)  # [B, P]
@@ -58,12 +78,13 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], gen_config: Generat
     if num_return_sequences > 1:
         # The n samples of a prompt share it: prefill it once (mathrl/fast_paths.py), not n times. A static cache
         # is allocated by generate() itself, so it gets no shared prefix.
-        if gen_config.cache_implementation != "static":
+        if gen_config.cache_implementation != "static" and not sharded:
             cache = shared_prompt_cache(model, input_ids, attention_mask, num_return_sequences)
         input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)  # [B*n, P]
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)  # [B*n, P]
+    synced = {"synced_gpus": True} if sharded else {}  # (transformers detects only its own FSDP wrapping)
     sequences = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config, **cache
+        input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config, **cache, **synced
     )  # [B*n, P+L]
     return sequences, input_ids.shape[1]
 
@@ -76,7 +97,11 @@ def complete(model, tokenizer, prompt_texts: list[str], config: dict, *, batch_s
                                    config.get("generation_cache", "dynamic"))
     fmt, max_prompt = config["prompt_format"], config["max_prompt_length"]
     outputs: list[list[dict]] = []
-    for start in range(0, len(prompt_texts), batch_size):
+    starts = range(0, len(prompt_texts), batch_size)
+    # Sharded (FSDP): every process makes as many generate calls, as the shards take part in every forward; those
+    # with fewer batches make the rest on a prompt whose completions are thrown away.
+    idle_calls = max(values_over_processes(len(starts))) - len(starts) if is_sharded(model) else 0
+    for start in starts:
         batch = [prompt_ids(tokenizer, p, fmt, max_prompt) for p in prompt_texts[start:start + batch_size]]
         sequences, width = generate_ids(model, tokenizer, batch, gen_config, num_samples)
         completions = sequences[:, width:]  # [B*n, L]
@@ -87,4 +112,14 @@ def complete(model, tokenizer, prompt_texts: list[str], config: dict, *, batch_s
             rows.append({"text": tokenizer.decode(ids[:n - ended], skip_special_tokens=True), "num_tokens": n,
                          "ended": ended})
         outputs += [rows[i:i + num_samples] for i in range(0, len(rows), num_samples)]
+    for _ in range(idle_calls):
+        generate_ids(model, tokenizer, [idle_prompt(tokenizer, prompt_texts, config)], gen_config, num_samples)
     return outputs
+
+
+def idle_prompt(tokenizer, prompt_texts: list[str], config: dict) -> list[int]:
+    """A prompt for a generate call whose completions are thrown away (a process with fewer batches than another
+    under FSDP): this process's first prompt, or BOS alone when it has none."""
+    if prompt_texts:
+        return prompt_ids(tokenizer, prompt_texts[0], config["prompt_format"], config["max_prompt_length"])
+    return [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id]

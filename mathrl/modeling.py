@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import shutil
 import string
+import sys
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 
-from mathrl import smollm2, tiny_base
-from mathrl.distributed import cpu_processes, state
+from mathrl import fsdp, smollm2, tiny_base
+from mathrl.distributed import cpu_processes, is_main_process, state
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
 from mathrl.validation import check_checkpoint_dir
@@ -205,18 +206,47 @@ def make_accelerator(config: dict) -> Accelerator:
 def check_supported_launch(accelerator: Accelerator) -> None:
     """Refuse the launches the scripts do not support, rather than run them wrongly or silently as something else.
 
-    FSDP would need generation synchronized across the shards (each process generates a different number of
-    tokens) and the shards gathered for saving and loaded back when resuming; DeepSpeed steps the optimizer inside
+    FSDP runs through the config key `fsdp` (mathrl/fsdp.py) on a plain multi-process launch, not through an
+    accelerate FSDP config: on CPU, accelerate 1.15 turns such a config into plain DDP (it enables FSDP only for
+    GPU-like devices), so the request is checked as well as the result. DeepSpeed steps the optimizer inside
     `backward` and divides the loss by its own accumulation count, which train_sft.py's window normalization does
-    itself. On CPU, accelerate 1.15 turns an FSDP config into plain DDP (it enables FSDP only for GPU-like
-    devices), so the request is checked as well as the result."""
+    itself, and its checkpoint loader unpickles with weights_only=False, which these scripts never do."""
     requested = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
                  if os.environ.get(env, "false").lower() == "true"]
     kind = accelerator.distributed_type.value
+    if "FSDP" in requested or kind == "FSDP":
+        raise UserError("accelerate's FSDP launches are not supported by these scripts: shard with the config key "
+                        "instead, on a plain multi-process launch: torchrun --nproc_per_node K SCRIPT --fsdp true "
+                        "(or accelerate launch --config_file configs/accelerate/ddp.yaml, configs/accelerate/cpu.yaml "
+                        "on CPU; README: More than one GPU)")
     if requested or kind not in ("NO", "MULTI_CPU", "MULTI_GPU"):
         raise UserError(f"{' and '.join(requested) or kind} launches are not supported by these scripts: run data "
-                        "parallel (configs/accelerate/ddp.yaml on GPUs, configs/accelerate/cpu.yaml on CPU; "
-                        "README: More than one GPU)")
+                        "parallel (configs/accelerate/ddp.yaml on GPUs, configs/accelerate/cpu.yaml on CPU), or "
+                        "shard the model with --fsdp true (README: More than one GPU)")
+
+
+def prepare_policy(accelerator: Accelerator, model, config: dict):
+    """(model, optimizer) ready to train: the model wrapped for data parallel by accelerate (DDP with several
+    processes), or, with `fsdp: true` on several processes, sharded with FSDP2 (mathrl/fsdp.py) and NOT also
+    DDP-wrapped; the optimizer (make_optimizer) is built after sharding, so it holds the shards."""
+    if not fsdp.wanted(config, accelerator.num_processes):
+        if config["fsdp"] and is_main_process():
+            print("note: fsdp: true has no effect on one process (nothing to shard across)", file=sys.stderr)
+        return accelerator.prepare(model, make_optimizer(model, config))
+    model = fsdp.shard(model, accelerator.mixed_precision)
+    return model, accelerator.prepare(make_optimizer(model, config))
+
+
+def clip_gradients(accelerator: Accelerator, model, max_norm: float) -> torch.Tensor:
+    """Clip the gradients of `model` (as prepare_policy returned it) to `max_norm`; returns their norm before."""
+    if fsdp.is_sharded(model):
+        return fsdp.clip_gradients(model.parameters(), max_norm)
+    return accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def gradient_sync_off(accelerator: Accelerator, model):
+    """Context: accumulate this micro-batch's gradients without averaging them over the processes yet."""
+    return fsdp.gradient_sync_off(model) if fsdp.is_sharded(model) else accelerator.no_sync(model)
 
 
 def make_optimizer(model, config: dict) -> torch.optim.AdamW:

@@ -37,6 +37,7 @@ from mathrl.config import for_checkpoint, load_saved_config, parse_args
 from mathrl.distributed import (is_main_process, launch_prefix, process_count, process_index, process_seed,
                                 values_over_processes)
 from mathrl.errors import UserError, close_progress_bars
+from mathrl.fsdp import check_fsdp, is_sharded, load_full_optimizer_state, load_full_weights
 from mathrl.lora import check_lora, load_trained_weights
 from mathrl.tracking import check_report_to
 
@@ -55,6 +56,7 @@ def start_run(section: str, description: str, validate) -> tuple[dict, str, Path
     validate(config)
     check_report_to(config)
     check_lora(config)
+    check_fsdp(config)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)  # prompt as init_from was trained
     set_seed(process_seed(config["seed"], process_index()))
@@ -140,8 +142,12 @@ def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log
     if state["step"] >= total_steps:
         raise UserError(f"--resume_from {ckpt}: the run is at step {state['step']} and this command ends it at step "
                         f"{total_steps}; a resumed run must go on (raise {' or '.join(RUN_LENGTH_KEYS[:3])})")
-    load_trained_weights(model, ckpt)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(model):  # full weights and optimizer state (mathrl/checkpoint.py), split into this process's shards
+        load_full_weights(model, saved_weights(ckpt))
+        load_full_optimizer_state(model, optimizer, state["optimizer"])
+    else:
+        load_trained_weights(model, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     clock.load_state_dict(state["clock"])
     if is_main_process():
@@ -151,6 +157,14 @@ def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log
     set_rng_state(process_rng_state(state, ckpt))
     print(f"resuming {ckpt.parent} from {ckpt.name} (step {state['step']})", file=sys.stderr)
     return state["step"]
+
+
+def saved_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's full weights by name (tied names included), as from_pretrained reads them. Every process
+    reads the file (the checkpoint's directory must be visible to all of them)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).state_dict()
 
 
 def process_rng_state(state: dict, ckpt: Path) -> dict:

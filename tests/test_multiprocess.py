@@ -214,11 +214,13 @@ def test_bad_input_on_two_processes_ends_the_launch_with_its_message(tmp_path):
 
 
 def test_fsdp_launch_is_refused_not_run_as_something_else(tmp_path):
-    """accelerate turns an FSDP config on CPU into plain DDP; the scripts say FSDP is not supported instead."""
+    """accelerate turns an FSDP config on CPU into plain DDP; the scripts refuse it and point at `--fsdp true`
+    (tests/test_fsdp.py)."""
     config = (REPO_ROOT / "configs/accelerate/cpu.yaml").read_text() + (
         "fsdp_config:\n  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n")
     (tmp_path / "fsdp.yaml").write_text(config.replace("distributed_type: MULTI_GPU", "distributed_type: FSDP"))
     proc = launch(2, *SFT_COMMAND, "--output_dir", tmp_path / "out", launcher=accelerate_launch(tmp_path / "fsdp.yaml"),
                   timeout=180)
     assert proc.returncode != 0
-    assert "error: FSDP launches are not supported by these scripts" in proc.stderr
+    assert "error: accelerate's FSDP launches are not supported by these scripts" in proc.stderr
+    assert "--fsdp true" in proc.stderr
