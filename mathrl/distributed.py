@@ -29,8 +29,10 @@ PROCESS_SEED_STRIDE = 100_003
 
 def cpu_processes() -> bool:
     """Several processes on a machine without a GPU: accelerate then joins them only when told to run on CPU
-    (gloo), and would otherwise run each as a separate single-process job."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    (gloo), and would otherwise run each as a separate single-process job. Not under a DeepSpeed launch: accelerate
+    ignores DeepSpeed when told to run on CPU, and DeepSpeed joins the processes itself (gloo without a GPU)."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not deepspeed
 
 
 def state() -> PartialState:
