@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mathrl.config import save_config
+from mathrl import deepspeed_zero
 from mathrl.deepspeed_zero import is_deepspeed_optimizer
 from mathrl.distributed import gather_in_order, is_main_process, process_count, wait_for_everyone
 from mathrl.errors import UserError
@@ -196,8 +197,11 @@ def fsync_dir(directory: Path) -> None:
 
 
 def gathered_weights(model) -> dict[str, torch.Tensor] | None:
-    """A sharded model's full weights, on the main process ({} on the others); None for a model that is not
-    sharded (its own state dict is saved). Called on every process: gathering the shards is a collective."""
+    """A sharded model's full weights, on the main process ({} on the others); under DeepSpeed, copies of the
+    model's (mathrl/deepspeed_zero.py); None for a model that is neither (its own state dict is saved). Called on
+    every process: gathering the shards is a collective."""
+    if deepspeed_zero.requested():  # whole on every process (ZeRO-2): copied where they are written
+        return deepspeed_zero.full_weights(model) if is_main_process() else {}
     return full_weights(model) if is_sharded(model) else None
 
 

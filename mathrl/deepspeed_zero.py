@@ -35,6 +35,8 @@ import contextlib
 import importlib.util
 import os
 
+import torch
+
 from mathrl.errors import UserError
 
 # DeepSpeed's micro-batch fields only feed its own data loader and throughput log, which these scripts do not use;
@@ -94,6 +96,16 @@ def configure(accelerator, config: dict) -> None:
 def is_engine(model) -> bool:
     """Whether `model` is a DeepSpeedEngine (what accelerator.prepare returns under a DeepSpeed launch)."""
     return type(model).__name__ == "DeepSpeedEngine"
+
+
+def full_weights(model) -> dict[str, torch.Tensor]:
+    """The unwrapped model's weights as separate CPU copies, for save_pretrained. ZeRO keeps every weight as a view
+    into one flat buffer per parameter group, which save_pretrained would take for tensors sharing memory; with
+    stage 2 each process holds them whole, so no gathering is needed (the main process writes them)."""
+    from mathrl.fsdp import without_tied_copies
+
+    return without_tied_copies(model, {name: tensor.detach().to("cpu", copy=True)
+                                       for name, tensor in model.state_dict().items()})
 
 
 def is_deepspeed_optimizer(optimizer) -> bool:
