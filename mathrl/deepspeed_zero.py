@@ -37,6 +37,7 @@ import os
 
 import torch
 
+from mathrl.distributed import deepspeed_launch
 from mathrl.errors import UserError
 
 # DeepSpeed's micro-batch fields only feed its own data loader and throughput log, which these scripts do not use;
@@ -46,7 +47,7 @@ MICRO_BATCH_PER_PROCESS = 1
 
 def requested() -> bool:
     """Whether this process was started by a DeepSpeed launch (`accelerate launch` with a DeepSpeed config)."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return deepspeed_launch()
 
 
 def check_deepspeed(config: dict, resume_from: str | None) -> None:

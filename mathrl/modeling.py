@@ -197,6 +197,7 @@ def make_accelerator(config: dict) -> Accelerator:
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if precision not in ("no", "bf16", "fp16"):
         raise UserError(f'mixed_precision "{precision}": expected auto, no, bf16 or fp16')
+    state()  # the processes joined as mathrl/distributed.py says, before the Accelerator would join them otherwise
     accelerator = Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(split_batches=True),
                               cpu=cpu_processes())
     check_supported_launch(accelerator)
@@ -215,6 +216,10 @@ def check_supported_launch(accelerator: Accelerator) -> None:
     requested = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"),)
                  if os.environ.get(env, "false").lower() == "true"]
     kind = accelerator.distributed_type.value
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:  # each process would train as if alone, on the whole batch
+        raise UserError(f"{launched} processes were launched and accelerate joined {accelerator.num_processes}: "
+                        "launch with torchrun or a config under configs/accelerate/ (README: More than one GPU)")
     if "FSDP" in requested or kind == "FSDP":
         raise UserError("accelerate's FSDP launches are not supported by these scripts: shard with the config key "
                         "instead, on a plain multi-process launch: torchrun --nproc_per_node K SCRIPT --fsdp true "
