@@ -216,7 +216,7 @@ def check_supported_launch(accelerator: Accelerator) -> None:
     requested = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"),)
                  if os.environ.get(env, "false").lower() == "true"]
     kind = accelerator.distributed_type.value
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = int(os.environ.get("WORLD_SIZE", accelerator.num_processes))  # (torchrun and accelerate set it)
     if accelerator.num_processes != launched:  # each process would train as if alone, on the whole batch
         raise UserError(f"{launched} processes were launched and accelerate joined {accelerator.num_processes}: "
                         "launch with torchrun or a config under configs/accelerate/ (README: More than one GPU)")
@@ -237,8 +237,8 @@ def check_supported_launch(accelerator: Accelerator) -> None:
 
 def prepare_policy(accelerator: Accelerator, model, config: dict):
     """(model, optimizer) ready to train: the model wrapped for data parallel by accelerate (DDP with several
-    processes; a DeepSpeedEngine under a DeepSpeed launch, mathrl/deepspeed_zero.py), or, with `fsdp: true` on several processes, sharded with FSDP2 (mathrl/fsdp.py) and NOT also
-    DDP-wrapped; the optimizer (make_optimizer) is built after sharding, so it holds the shards."""
+    processes; a DeepSpeedEngine under a DeepSpeed launch, mathrl/deepspeed_zero.py), or, with `fsdp: true` on
+    several processes, sharded with FSDP2 (mathrl/fsdp.py) and NOT also DDP-wrapped; the optimizer (make_optimizer) is built after sharding, so it holds the shards."""
     if not fsdp.wanted(config, accelerator.num_processes):
         if config["fsdp"] and is_main_process():
             print("note: fsdp: true has no effect on one process (nothing to shard across)", file=sys.stderr)
