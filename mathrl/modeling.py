@@ -231,14 +231,15 @@ def check_supported_launch(accelerator: Accelerator) -> None:
     if requested or kind not in ("NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED"):
         raise UserError(f"{' and '.join(requested) or kind} launches are not supported by these scripts: run data "
                         "parallel (configs/accelerate/ddp.yaml on GPUs, configs/accelerate/cpu.yaml on CPU), or "
-                        "shard the model with --fsdp true or DeepSpeed ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml; "
-                        "README: More than one GPU)")
+                        "shard the model with --fsdp true or DeepSpeed ZeRO-2 "
+                        "(configs/accelerate/deepspeed_zero2.yaml; README: More than one GPU)")
 
 
 def prepare_policy(accelerator: Accelerator, model, config: dict):
     """(model, optimizer) ready to train: the model wrapped for data parallel by accelerate (DDP with several
     processes; a DeepSpeedEngine under a DeepSpeed launch, mathrl/deepspeed_zero.py), or, with `fsdp: true` on
-    several processes, sharded with FSDP2 (mathrl/fsdp.py) and NOT also DDP-wrapped; the optimizer (make_optimizer) is built after sharding, so it holds the shards."""
+    several processes, sharded with FSDP2 (mathrl/fsdp.py) and NOT also DDP-wrapped; the optimizer (make_optimizer)
+    is built after sharding, so it holds the shards."""
     if not fsdp.wanted(config, accelerator.num_processes):
         if config["fsdp"] and is_main_process():
             print("note: fsdp: true has no effect on one process (nothing to shard across)", file=sys.stderr)
