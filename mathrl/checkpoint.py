@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from mathrl.config import save_config
+from mathrl import deepspeed_zero
+from mathrl.deepspeed_zero import is_deepspeed_optimizer
 from mathrl.distributed import gather_in_order, is_main_process, process_count, wait_for_everyone
 from mathrl.errors import UserError
 from mathrl.fsdp import full_optimizer_state, full_weights, is_sharded
@@ -115,8 +117,12 @@ def training_state(model, optimizer, scheduler, clock, step: int, batches_drawn:
     """What resuming needs besides the weights (RNG state is added by save_checkpoint): `batches_drawn` is the
     run's position in its seeded data stream (batches taken from it so far). Called on every process: with
     several, "process_rng" holds each one's RNG state (GRPO's processes sample from their own streams), and a
-    sharded model's optimizer state is gathered from every process (complete on the main process only)."""
-    optimizer_state = full_optimizer_state(model, optimizer) if is_sharded(model) else optimizer.state_dict()
+    sharded model's optimizer state is gathered from every process (complete on the main process only). A DeepSpeed
+    optimizer's state is not saved (None; mathrl/deepspeed_zero.py): such a checkpoint is not resumed."""
+    if is_deepspeed_optimizer(optimizer):
+        optimizer_state = None
+    else:
+        optimizer_state = full_optimizer_state(model, optimizer) if is_sharded(model) else optimizer.state_dict()
     state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
              "batches_drawn": batches_drawn, "clock": clock.state_dict()}
     if process_count() > 1:
@@ -191,8 +197,11 @@ def fsync_dir(directory: Path) -> None:
 
 
 def gathered_weights(model) -> dict[str, torch.Tensor] | None:
-    """A sharded model's full weights, on the main process ({} on the others); None for a model that is not
-    sharded (its own state dict is saved). Called on every process: gathering the shards is a collective."""
+    """A sharded model's full weights, on the main process ({} on the others); under DeepSpeed, copies of the
+    model's (mathrl/deepspeed_zero.py); None for a model that is neither (its own state dict is saved). Called on
+    every process: gathering the shards is a collective."""
+    if deepspeed_zero.requested():  # whole on every process (ZeRO-2): copied where they are written
+        return deepspeed_zero.full_weights(model) if is_main_process() else {}
     return full_weights(model) if is_sharded(model) else None
 
 

@@ -29,12 +29,24 @@ PROCESS_SEED_STRIDE = 100_003
 
 def cpu_processes() -> bool:
     """Several processes on a machine without a GPU: accelerate then joins them only when told to run on CPU
-    (gloo), and would otherwise run each as a separate single-process job."""
+    (gloo), and would otherwise run each as a separate single-process job. Not under a DeepSpeed launch: accelerate
+    ignores DeepSpeed when told to run on CPU, and DeepSpeed joins the processes itself (gloo without a GPU)."""
+    return several_processes_without_gpu() and not deepspeed_launch()
+
+
+def several_processes_without_gpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
+def deepspeed_launch() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def state() -> PartialState:
-    """accelerate's process state (created once; the Accelerator shares it)."""
+    """accelerate's process state (created once; the Accelerator shares it). A DeepSpeed launch without a GPU names
+    gloo: accelerate finds no backend of its own for it, and would then count one process of rank 0 on each."""
+    if deepspeed_launch() and several_processes_without_gpu():
+        return PartialState(backend="gloo")
     return PartialState(cpu=cpu_processes())
 
 

@@ -147,7 +147,12 @@ def full_weights(model) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     reshard(model)
-    weights = get_model_state_dict(model, options=_options(cpu_offload=True))
+    return without_tied_copies(model, get_model_state_dict(model, options=_options(cpu_offload=True)))
+
+
+def without_tied_copies(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` without the tied names (transformers' all_tied_weights_keys, target -> source) that hold their
+    source's values: save_pretrained, given a state dict of separate copies, would write them twice."""
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     return {name: tensor for name, tensor in weights.items()
             if not (name in tied and tied[name] in weights and torch.equal(tensor, weights[tied[name]]))}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 
-from mathrl import fsdp, smollm2, tiny_base
+from mathrl import deepspeed_zero, fsdp, smollm2, tiny_base
 from mathrl.distributed import cpu_processes, is_main_process, state
 from mathrl.errors import UserError
 from mathrl.standins import STANDINS, build_standin
@@ -197,9 +197,12 @@ def make_accelerator(config: dict) -> Accelerator:
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if precision not in ("no", "bf16", "fp16"):
         raise UserError(f'mixed_precision "{precision}": expected auto, no, bf16 or fp16')
+    state()  # the processes joined as mathrl/distributed.py says, before the Accelerator would join them otherwise
     accelerator = Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(split_batches=True),
                               cpu=cpu_processes())
     check_supported_launch(accelerator)
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        deepspeed_zero.configure(accelerator, config)  # DeepSpeed's fields from the scripts' keys
     return accelerator
 
 
@@ -208,27 +211,35 @@ def check_supported_launch(accelerator: Accelerator) -> None:
 
     FSDP runs through the config key `fsdp` (mathrl/fsdp.py) on a plain multi-process launch, not through an
     accelerate FSDP config: on CPU, accelerate 1.15 turns such a config into plain DDP (it enables FSDP only for
-    GPU-like devices), so the request is checked as well as the result. DeepSpeed steps the optimizer inside
-    `backward` and divides the loss by its own accumulation count, which train_sft.py's window normalization does
-    itself, and its checkpoint loader unpickles with weights_only=False, which these scripts never do."""
-    requested = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+    GPU-like devices), so the request is checked as well as the result. DeepSpeed ZeRO (stages 0-2) runs through an
+    accelerate DeepSpeed config (mathrl/deepspeed_zero.py, which refuses what it does not support)."""
+    requested = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"),)
                  if os.environ.get(env, "false").lower() == "true"]
     kind = accelerator.distributed_type.value
+    launched = int(os.environ.get("WORLD_SIZE", accelerator.num_processes))  # (torchrun and accelerate set it)
+    if accelerator.num_processes != launched:  # each process would train as if alone, on the whole batch
+        raise UserError(f"{launched} processes were launched and accelerate joined {accelerator.num_processes}: "
+                        "launch with torchrun or a config under configs/accelerate/ (README: More than one GPU)")
     if "FSDP" in requested or kind == "FSDP":
         raise UserError("accelerate's FSDP launches are not supported by these scripts: shard with the config key "
                         "instead, on a plain multi-process launch: torchrun --nproc_per_node K SCRIPT --fsdp true "
                         "(or accelerate launch --config_file configs/accelerate/ddp.yaml, configs/accelerate/cpu.yaml "
                         "on CPU; README: More than one GPU)")
-    if requested or kind not in ("NO", "MULTI_CPU", "MULTI_GPU"):
+    if deepspeed_zero.requested() != (kind == "DEEPSPEED"):  # e.g. an accelerate config that names DeepSpeed on CPU
+        raise UserError(f"a DeepSpeed launch ran as {kind}: launch it with accelerate launch --config_file "
+                        "configs/accelerate/deepspeed_zero2.yaml (README: More than one GPU)")
+    if requested or kind not in ("NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED"):
         raise UserError(f"{' and '.join(requested) or kind} launches are not supported by these scripts: run data "
                         "parallel (configs/accelerate/ddp.yaml on GPUs, configs/accelerate/cpu.yaml on CPU), or "
-                        "shard the model with --fsdp true (README: More than one GPU)")
+                        "shard the model with --fsdp true or DeepSpeed ZeRO-2 "
+                        "(configs/accelerate/deepspeed_zero2.yaml; README: More than one GPU)")
 
 
 def prepare_policy(accelerator: Accelerator, model, config: dict):
     """(model, optimizer) ready to train: the model wrapped for data parallel by accelerate (DDP with several
-    processes), or, with `fsdp: true` on several processes, sharded with FSDP2 (mathrl/fsdp.py) and NOT also
-    DDP-wrapped; the optimizer (make_optimizer) is built after sharding, so it holds the shards."""
+    processes; a DeepSpeedEngine under a DeepSpeed launch, mathrl/deepspeed_zero.py), or, with `fsdp: true` on
+    several processes, sharded with FSDP2 (mathrl/fsdp.py) and NOT also DDP-wrapped; the optimizer (make_optimizer)
+    is built after sharding, so it holds the shards."""
     if not fsdp.wanted(config, accelerator.num_processes):
         if config["fsdp"] and is_main_process():
             print("note: fsdp: true has no effect on one process (nothing to shard across)", file=sys.stderr)
@@ -238,15 +249,21 @@ def prepare_policy(accelerator: Accelerator, model, config: dict):
 
 
 def clip_gradients(accelerator: Accelerator, model, max_norm: float) -> torch.Tensor:
-    """Clip the gradients of `model` (as prepare_policy returned it) to `max_norm`; returns their norm before."""
+    """Clip the gradients of `model` (as prepare_policy returned it) to `max_norm`; returns their norm before.
+    Under DeepSpeed the engine clipped them in `backward` (to max_grad_norm); this returns the norm it measured."""
     if fsdp.is_sharded(model):
         return fsdp.clip_gradients(model.parameters(), max_norm)
     return accelerator.clip_grad_norm_(model.parameters(), max_norm)
 
 
 def gradient_sync_off(accelerator: Accelerator, model):
-    """Context: accumulate this micro-batch's gradients without averaging them over the processes yet."""
-    return fsdp.gradient_sync_off(model) if fsdp.is_sharded(model) else accelerator.no_sync(model)
+    """Context: accumulate this micro-batch's gradients without averaging them over the processes yet (under
+    DeepSpeed: without stepping yet)."""
+    if fsdp.is_sharded(model):
+        return fsdp.gradient_sync_off(model)
+    if deepspeed_zero.is_engine(model):
+        return deepspeed_zero.gradient_sync_off(accelerator)
+    return accelerator.no_sync(model)
 
 
 def make_optimizer(model, config: dict) -> torch.optim.AdamW:

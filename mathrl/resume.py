@@ -36,6 +36,7 @@ from mathrl.checkpoint import TRAINING_STATE_NAME, prepare_output_dir, set_rng_s
 from mathrl.config import for_checkpoint, load_saved_config, parse_args
 from mathrl.distributed import (is_main_process, launch_prefix, process_count, process_index, process_seed,
                                 values_over_processes)
+from mathrl import deepspeed_zero
 from mathrl.errors import UserError, close_progress_bars
 from mathrl.fsdp import check_fsdp, is_sharded, load_full_optimizer_state, load_full_weights
 from mathrl.lora import check_lora, load_trained_weights
@@ -57,6 +58,7 @@ def start_run(section: str, description: str, validate) -> tuple[dict, str, Path
     check_report_to(config)
     check_lora(config)
     check_fsdp(config)
+    deepspeed_zero.check_deepspeed(config, args.resume_from)
     init_from = config["init_from"] or config["model_name"]
     config = for_checkpoint(config, init_from)  # prompt as init_from was trained
     set_seed(process_seed(config["seed"], process_index()))
@@ -142,6 +144,9 @@ def resume_run(ckpt: Path, model, optimizer, scheduler, clock, skip_batches, log
     if state["step"] >= total_steps:
         raise UserError(f"--resume_from {ckpt}: the run is at step {state['step']} and this command ends it at step "
                         f"{total_steps}; a resumed run must go on (raise {' or '.join(RUN_LENGTH_KEYS[:3])})")
+    if state["optimizer"] is None:  # a DeepSpeed run's checkpoint (mathrl/deepspeed_zero.py)
+        raise UserError(f"--resume_from {ckpt}: saved by a DeepSpeed run, without its optimizer state; start a new "
+                        f"run from its weights: --init_from {ckpt} --output_dir NEW_DIR")
     if is_sharded(model):  # full weights and optimizer state (mathrl/checkpoint.py), split into this process's shards
         load_full_weights(model, saved_weights(ckpt))
         load_full_optimizer_state(model, optimizer, state["optimizer"])
@@ -265,8 +270,11 @@ class StopSignals:
         close_progress_bars()
         if is_main_process():  # one message for the launch
             name = signal.Signals(self.signum).name
-            print(f"stopped by {name} after {ckpt.name}; saved {ckpt}\nresume with: {resume_command(ckpt)}",
-                  file=sys.stderr, flush=True)
+            if deepspeed_zero.requested():  # its optimizer state is not saved: no resume command to offer
+                then = f"start a new run from its weights with: --init_from {ckpt} --output_dir NEW_DIR"
+            else:
+                then = f"resume with: {resume_command(ckpt)}"
+            print(f"stopped by {name} after {ckpt.name}; saved {ckpt}\n{then}", file=sys.stderr, flush=True)
         sys.exit(128 + self.signum)
 
 
