@@ -11,10 +11,10 @@ import importlib.util
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import MICRO_OVERRIDES, REPO_ROOT, assert_user_error
-from test_multiprocess import accelerate_launch, launch, ok, read_jsonl
+from test_multiprocess import (accelerate_launch, accumulating_sft_command, assert_same_steps, assert_same_weights,
+                              held_out_head, launch, ok, read_jsonl)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                 reason="deepspeed is not installed (optional: pip install deepspeed)")
@@ -30,17 +30,12 @@ def deepspeed_launch() -> list[str]:
 def sft_command(eval_file, output_dir) -> list[str]:
     """Gradient accumulation over two micro-batches (DeepSpeed's boundary set by the script), a checkpoint at step
     2 (a DeepSpeed run's step_N/), held-out evaluation at the end."""
-    return ["train_sft.py", "--config", "configs/tiny.yaml", *MICRO_OVERRIDES, "--max_steps", str(SFT_STEPS),
-            "--batch_size", "16", "--gradient_accumulation_steps", "2", "--warmup_steps", "0", "--log_every", "1",
-            "--eval_every", str(SFT_STEPS), "--save_every", "2", "--eval_file", str(eval_file),
-            "--ood_eval_file", "null", "--eval_batch_size", "25", "--output_dir", str(output_dir)]
+    return accumulating_sft_command(eval_file, output_dir, SFT_STEPS, "--eval_every", SFT_STEPS, "--save_every", 2)
 
 
 @pytest.fixture(scope="module")
 def eval_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "eval50.jsonl"
-    path.write_text("".join((REPO_ROOT / "data/tiny_eval.jsonl").read_text().splitlines(keepends=True)[:50]))
-    return path
+    return held_out_head(tmp_path_factory, 50)
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +51,8 @@ def sft_runs(tmp_path_factory, eval_file) -> dict:
 @pytest.mark.multiprocess
 def test_deepspeed_sft_on_two_processes_takes_the_steps_of_one(sft_runs):
     one, zero2 = (read_jsonl(sft_runs[name] / "metrics.jsonl") for name in ("one", "zero2"))
-    assert [r["step"] for r in zero2] == [r["step"] for r in one]  # one line per step, written once
-    pairs = [(a, b) for a, b in zip(one, zero2) if "loss" in a]
-    assert len(pairs) == SFT_STEPS
-    for a, b in pairs:
-        for key in ("loss", "grad_norm", "lr"):
-            assert abs(a[key] - b[key]) <= 1e-5, (key, a, b)
-    weights = [load_file(sft_runs[name] / "final" / "model.safetensors") for name in ("one", "zero2")]
-    assert sorted(weights[0]) == sorted(weights[1])
-    for name, tensor in weights[0].items():
-        assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
+    assert_same_steps(one, zero2, SFT_STEPS)
+    assert_same_weights(sft_runs["one"], sft_runs["zero2"])
     # Written without DeepSpeed's pickled format: loadable with weights_only, the optimizer state left out.
     state = torch.load(sft_runs["zero2"] / "final" / "training_state.pt", weights_only=True)
     assert state["optimizer"] is None and state["step"] == SFT_STEPS

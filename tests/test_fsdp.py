@@ -7,33 +7,27 @@ micro-batches (FSDP's form of no_sync). The launches run behind the `multiproces
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import MICRO_OVERRIDES, REPO_ROOT
-from test_multiprocess import launch, ok, read_jsonl, script_env, torchrun
+from test_multiprocess import (accumulating_sft_command, assert_same_steps, assert_same_weights, held_out_head,
+                              launch, ok, read_jsonl, script_env, torchrun)
 
 SFT_STEPS = 8
 
 
 def sft_command(eval_file, output_dir, fsdp: bool) -> list[str]:
-    return ["train_sft.py", "--config", "configs/tiny.yaml", *MICRO_OVERRIDES, "--max_steps", str(SFT_STEPS),
-            "--batch_size", "16", "--gradient_accumulation_steps", "2", "--warmup_steps", "0", "--log_every", "1",
-            "--eval_every", "4", "--eval_file", str(eval_file), "--ood_eval_file", "null", "--eval_batch_size", "25",
-            "--fsdp", str(fsdp).lower(), "--output_dir", str(output_dir)]
+    return accumulating_sft_command(eval_file, output_dir, SFT_STEPS, "--eval_every", 4, "--fsdp", str(fsdp).lower())
 
 
 @pytest.fixture(scope="module")
 def eval_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "eval101.jsonl"
-    path.write_text("".join((REPO_ROOT / "data/tiny_eval.jsonl").read_text().splitlines(keepends=True)[:101]))
-    return path
+    return held_out_head(tmp_path_factory, 101)
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +40,10 @@ def sft_runs(tmp_path_factory, eval_file) -> dict:
     return runs
 
 
-def assert_same_weights(a, b) -> None:
-    weights = [load_file(run / "final" / "model.safetensors") for run in (a, b)]
-    assert sorted(weights[0]) == sorted(weights[1])  # the same tensors (the tied output head written once)
-    for name, tensor in weights[0].items():
-        assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
-
-
 @pytest.mark.multiprocess
 def test_fsdp_sft_on_two_processes_takes_the_steps_of_one(sft_runs):
     one, sharded = (read_jsonl(sft_runs[name] / "metrics.jsonl") for name in ("one", "fsdp"))
-    assert [r["step"] for r in sharded] == [r["step"] for r in one]  # one line per step, written once
-    pairs = [(a, b) for a, b in zip(one, sharded) if "loss" in a]
-    assert len(pairs) == SFT_STEPS
-    for a, b in pairs:
-        for key in ("loss", "grad_norm", "lr"):
-            assert abs(a[key] - b[key]) <= 1e-5, (key, a, b)
+    assert_same_steps(one, sharded, SFT_STEPS)
     evals = [(a, b) for a, b in zip(one, sharded) if "eval_accuracy" in a]
     assert len(evals) == 2
     for a, b in evals:

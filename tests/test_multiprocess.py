@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, SCRIPT_ENV
+from conftest import MICRO_OVERRIDES, REPO_ROOT, SCRIPT_ENV
 
 pytestmark = pytest.mark.multiprocess
 
@@ -63,6 +63,39 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def held_out_head(tmp_path_factory, n: int):
+    """A file of the first n held-out problems (n chosen so the processes get unequal evaluation batches)."""
+    path = tmp_path_factory.mktemp("data") / f"eval{n}.jsonl"
+    path.write_text("".join((REPO_ROOT / "data/tiny_eval.jsonl").read_text().splitlines(keepends=True)[:n]))
+    return path
+
+
+def accumulating_sft_command(eval_file, output_dir, steps: int, *extra) -> list[str]:
+    """The micro model's SFT for `steps` steps, each two accumulated micro-batches of 8, evaluated on eval_file."""
+    return ["train_sft.py", "--config", "configs/tiny.yaml", *MICRO_OVERRIDES, "--max_steps", str(steps),
+            "--batch_size", "16", "--gradient_accumulation_steps", "2", "--warmup_steps", "0", "--log_every", "1",
+            "--eval_file", str(eval_file), "--ood_eval_file", "null", "--eval_batch_size", "25", *map(str, extra),
+            "--output_dir", str(output_dir)]
+
+
+def assert_same_steps(one: list[dict], other: list[dict], steps: int) -> None:
+    """Two runs' metrics.jsonl: one line per step each, and the same loss, grad_norm and lr on every step (1e-5)."""
+    assert [r["step"] for r in other] == [r["step"] for r in one]  # one line per step, written once
+    pairs = [(a, b) for a, b in zip(one, other) if "loss" in a]
+    assert len(pairs) == steps
+    for a, b in pairs:
+        for key in ("loss", "grad_norm", "lr"):
+            assert abs(a[key] - b[key]) <= 1e-5, (key, a, b)
+
+
+def assert_same_weights(a, b) -> None:
+    """Two runs' final weights: the same tensors (a tied output head written once) and values within 1e-5."""
+    weights = [load_file(run / "final" / "model.safetensors") for run in (a, b)]
+    assert sorted(weights[0]) == sorted(weights[1])
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
 
 
 @pytest.fixture(scope="module")
