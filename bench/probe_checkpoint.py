@@ -24,13 +24,9 @@ import torch  # noqa: E402
 from mathrl.answers import is_correct  # noqa: E402
 from mathrl.config import resolve_config  # noqa: E402
 from mathrl.data import load_jsonl  # noqa: E402
+from mathrl.evaluation import greedy_accuracy  # noqa: E402
 from mathrl.generation import complete  # noqa: E402
 from mathrl.modeling import load_model_and_tokenizer  # noqa: E402
-
-
-def greedy_accuracy(model, tokenizer, examples: list[dict], prompts: list[str], config: dict) -> float:
-    outputs = complete(model, tokenizer, prompts, config, batch_size=config["eval_batch_size"])
-    return sum(is_correct(e, o[0]["text"]) for e, o in zip(examples, outputs)) / len(examples)
 
 
 def group_rewards(model, tokenizer, examples: list[dict], config: dict, samples: int, temperature: float) -> dict:
@@ -59,9 +55,9 @@ def main() -> None:
     model.eval()
     for split in ("train_file", "eval_file"):
         examples = load_jsonl(config[split])[: args.limit]
-        task = greedy_accuracy(model, tokenizer, examples, [e["prompt"] for e in examples], config)
-        equation = greedy_accuracy(model, tokenizer, examples,
-                                   [f"{e['a']} {e['operation']} {e['b']} =" for e in examples], config)
+        task = greedy_accuracy(model, tokenizer, examples, config)["accuracy"]
+        as_equations = [{**e, "prompt": f"{e['a']} {e['operation']} {e['b']} ="} for e in examples]
+        equation = greedy_accuracy(model, tokenizer, as_equations, config)["accuracy"]
         torch.manual_seed(args.seed)
         groups = group_rewards(model, tokenizer, examples, config, args.samples, args.temperature)
         print(f"{config[split]} (first {len(examples)}): greedy {task:.3f} in the task's format, "
