@@ -20,6 +20,8 @@ planning, evaluation and the report loop over):
              the same training time (head_to_head_seconds), to see which buys more accuracy per second
   grpo_length  only when grpo_length_reward_weight > 0 (configs/smollm2.yaml): train_grpo.py from the base model
              with that length_reward_weight, the two-stage recipe's length term
+  sft_grpo_length  only when sft_grpo_length_reward_weight > 0 (configs/tiny_reasoning.yaml): sft_grpo with that
+             length_reward_weight, the two-stage recipe as it is written (sft_grpo is the same GRPO without it)
 Then evaluate.py decodes every checkpoint greedily (the headline) and samples diversity_samples completions per
 prompt, and OUTPUT_DIR/REPORT.md, results.json, samples.md and *.png are written (mathrl/report.py). Each run's
 console output is in OUTPUT_DIR/NAME/train.log.
@@ -37,8 +39,8 @@ the seeds: per run the mean ± seed std of each accuracy beside its binomial SE,
 larger of the seed std and the sampling SE of its difference (mathrl/claims.py). Reuse, resume and --force work
 per seed as below; --seeds 1 (the default) is the single-seed layout, and the two layouts never share OUTPUT_DIR.
 
-Studies (opt-in, docs/STUDIES.md): `--studies data_efficiency,sensitivity,kl_estimator` also runs those studies
-(mathrl/studies.py) under OUTPUT_DIR/studies/<study>/<run>/, planned, scheduled, reused, resumed and forced like
+Studies (opt-in, docs/STUDIES.md): `--studies data_efficiency,sensitivity,kl_estimator,extended_sft` also runs
+those studies (mathrl/studies.py) under OUTPUT_DIR/studies/<study>/<run>/, planned, scheduled, reused, resumed and forced like
 the runs above (their names are studies/<study>/<run>), evaluated greedily, each with its REPORT.md section, plot
 and verdicts and its numbers in results.json. A study point with a main run's settings is that run, reused, unless
 study_step_fraction (compare:) shortens every study run; then it is rerun at that budget.
@@ -82,7 +84,7 @@ from mathrl.errors import UserError, run_cli
 from mathrl.modeling import resolve_model_path
 from mathrl.resume import complete_steps
 from mathrl.report import write_report, write_seeds_report
-from mathrl.runs import BY_NAME, GRPO_SCRIPT, SFT_SCRIPT, RunSpec, planned
+from mathrl.runs import BY_NAME, GRPO_SCRIPT, OPTIONAL, SFT_SCRIPT, RunSpec, planned
 from mathrl.scheduler import Job, run_jobs
 from mathrl.studies import STUDIES, Point, check_study_config, parse_studies, point_settings, reused
 
@@ -154,8 +156,8 @@ def run_overrides(spec: RunSpec, config: dict) -> list[str]:
         cap = "--max_steps" if spec.script == SFT_SCRIPT else "--num_train_steps"
         return ["--max_train_seconds", cli_value(config["head_to_head_seconds"]), "--save_every", "0",
                 cap, cli_value(config["head_to_head_max_steps"])]
-    if spec.name == "grpo_length":
-        return ["--length_reward_weight", cli_value(config["grpo_length_reward_weight"])]
+    if spec.name in OPTIONAL:  # the optional runs add the two-stage recipe's length term
+        return ["--length_reward_weight", cli_value(config[OPTIONAL[spec.name]])]
     return []
 
 

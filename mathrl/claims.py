@@ -243,8 +243,9 @@ def two_stage(runs: dict, after_name: str = "sft_grpo", before_name: str = "sft"
     lost, shorter, longer = d_acc < -2 * se_acc, d_len < -2 * se_len, d_len > 2 * se_len
     evidence = (f"held-out accuracy {acc(after)} after GRPO vs {acc(before)} before "
                 f"({'lower by more than' if lost else 'kept within'} 2 SE = {2 * se_acc:.3f}); mean completion "
-                f"tokens {len_after:.2f} ± {se_after:.2f} vs {len_before:.2f} ± {se_before:.2f} "
-                f"({'shorter' if shorter else 'longer' if longer else 'no change beyond noise'})")
+                f"tokens {len_after:.2f} ± {se_after:.2f} vs {len_before:.2f} ± {se_before:.2f}"
+                + (f", {len_after / len_before:.2f}x" if len_before > 0 else "")
+                + f" ({'shorter' if shorter else 'longer' if longer else 'no change beyond noise'})")
     if shorter and not (lost or longer) and not has_accuracy:
         evidence += f"; {before_name} never rose above the untrained model, so there was no accuracy to keep"
     return comparison(f"{after_name} vs {before_name}", result, evidence, accuracy_difference=d_acc,
@@ -252,10 +253,13 @@ def two_stage(runs: dict, after_name: str = "sft_grpo", before_name: str = "sft"
 
 
 def two_stage_comparisons(runs: dict) -> list[dict]:
-    """(e)'s comparisons: GRPO after SFT, and when the experiment has the grpo_length run (mathrl/runs.py), GRPO from
-    the base with and without the length term, so the report shows which part of a shortening the length reward
-    causes."""
+    """(e)'s comparisons: GRPO after SFT; when the experiment has the sft_grpo_length run (mathrl/runs.py), first
+    the recipe as written, GRPO after SFT with the length term; when it has grpo_length, GRPO from the base with
+    and without the length term. Beside its run without the length term, each shows which part of a shortening
+    the length reward causes."""
     comparisons = [two_stage(runs)]
+    if "sft_grpo_length" in runs:
+        comparisons.insert(0, two_stage(runs, "sft_grpo_length", "sft"))
     if "grpo_length" in runs:
         comparisons += [two_stage(runs, "grpo_length", "base"), two_stage(runs, "grpo", "base")]
     return comparisons
@@ -502,3 +506,27 @@ def kl_estimator(points: dict, paper: str) -> dict:
                 f"sequence log-ratio (kl_sequence, last 10 steps) {kl_text}")
     return comparison(f"{paper} vs sft_grpo", verdict(d, se), evidence, difference=d, se=se,
                       kl_sequence=kls[0], kl_sequence_reference=kls[1])
+
+
+def extended_sft(points: dict, shorter: str, longest: str) -> dict:
+    """(The two-stage recipe's first finding) extending SFT lifts accuracy: the SFT run with the full step budget
+    (point `longest`) against one with a share of it (point `shorter`), from the same base. SUPPORTED when the
+    longer run's held-out accuracy is higher by more than 2 SE, CONTRADICTED when lower by that; mean completion
+    tokens (and the epochs each trained, when logged) as evidence."""
+    a, b = points[longest], points[shorter]
+    d, se = accuracy_difference(a["held_out"]["accuracy"], a["held_out"]["num_examples"],
+                                b["held_out"]["accuracy"], b["held_out"]["num_examples"])
+    (len_a, se_a), (len_b, se_b) = mean_tokens_and_se(a["held_out"]), mean_tokens_and_se(b["held_out"])
+    epochs = [epochs_trained(r["metrics"]) for r in (a, b)]
+    trained = (f" ({' vs '.join('?' if e is None else f'{e:g}' for e in epochs)} epochs)"
+               if any(e is not None for e in epochs) else "")
+    evidence = (f"held-out accuracy {acc(a['held_out'])} vs {acc(b['held_out'])}{trained}; mean completion tokens "
+                f"{len_a:.2f} ± {se_a:.2f} vs {len_b:.2f} ± {se_b:.2f}")
+    return comparison(f"{longest} vs {shorter}", verdict(d, se), evidence, difference=d, se=se,
+                      length_difference=len_a - len_b, length_se=math.hypot(se_a, se_b))
+
+
+def epochs_trained(metrics: list[dict]) -> float | None:
+    """The epochs an SFT run trained: the last "epoch" its metrics.jsonl logged (None: none logged, e.g. GRPO)."""
+    epochs = [r["epoch"] for r in metrics if "epoch" in r]
+    return epochs[-1] if epochs else None

@@ -23,7 +23,7 @@ from mathrl.data import OPS, has_trained_twin, load_jsonl, operation_of, read_js
 from mathrl.errors import UserError
 from mathrl.diversity import diversity_table
 from mathrl.runs import BY_NAME, GRPO_SCRIPT, trained_by
-from mathrl.studies import LR_FACTORS, PAPER_KL_ESTIMATOR, lr_name
+from mathrl.studies import LR_FACTORS, PAPER_KL_ESTIMATOR, SFT_STEP_SHARES, lr_name, steps_name
 from mathrl.studies import BY_NAME as STUDY_BY_NAME
 
 # ---- loading ----------------------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ def study_row(point: str, run: dict, config: dict) -> dict:
         "held_out_se": binomial_se(held["accuracy"], held["num_examples"]),
         "mean_completion_tokens": held["mean_completion_tokens"],
         "kl_sequence_last": last_mean(run["metrics"], "kl_sequence"),
-        "steps": s.get("step"), "train_seconds": s.get("train_seconds"),
+        "steps": s.get("step"), "epochs": judge.epochs_trained(run["metrics"]), "train_seconds": s.get("train_seconds"),
     }
 
 
@@ -374,7 +374,10 @@ def study_verdicts(name: str, points: dict, base: dict) -> list[dict]:
         return [judge.data_efficiency(points, base, f) for f in (0.1, 0.3)]
     if name == "sensitivity":
         return judge.sensitivity(points, base, [lr_name(f) for f in LR_FACTORS])
-    return [judge.kl_estimator(points, f"sft_grpo_{PAPER_KL_ESTIMATOR}")]
+    if name == "kl_estimator":
+        return [judge.kl_estimator(points, f"sft_grpo_{PAPER_KL_ESTIMATOR}")]
+    longest = steps_name(SFT_STEP_SHARES[-1])
+    return [judge.extended_sft(points, steps_name(share), longest) for share in SFT_STEP_SHARES[:-1]]
 
 
 def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> str:
@@ -398,6 +401,19 @@ def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> st
         ax.set(xscale="log", xlabel="training prompts (% of train_file, log scale)", xticks=[10, 30, 100],
                xticklabels=["10", "30", "100"], title="Held-out accuracy vs share of the training prompts")
         ax.minorticks_off()  # only the points' own ticks on the log axis
+    elif name == "extended_sft":
+        names = [steps_name(share) for share in SFT_STEP_SHARES]
+        xs = [rows[n]["epochs"] if rows[n]["epochs"] is not None else rows[n]["steps"] for n in names]
+        with_error(ax, xs, names, "sft")
+        unit = "epochs" if all(rows[n]["epochs"] is not None for n in names) else "optimizer steps"
+        ax.set(xscale="log", xlabel=f"SFT {unit} (log scale)", xticks=xs, xticklabels=[f"{x:g}" for x in xs],
+               title="Held-out accuracy and answer length vs SFT length")
+        ax.minorticks_off()
+        tokens_ax = ax.twinx()
+        tokens_ax.plot(xs, [rows[n]["mean_completion_tokens"] for n in names], color="tab:orange", marker="s",
+                       linestyle=":", label="mean completion tokens (right axis)")
+        tokens_ax.set(ylabel="mean completion tokens (held-out, greedy)")
+        tokens_ax.legend(loc="lower right")
     elif name == "sensitivity":
         for label, names in (("sft", [f"sft_lr_{lr_name(f)}" for f in LR_FACTORS]),
                              ("grpo, configured kl_coeff", [f"grpo_lr_{lr_name(f)}" for f in LR_FACTORS]),
@@ -447,13 +463,13 @@ def study_results(out: Path, name: str, points: dict, base: dict, config: dict) 
 
 def study_table(rows: dict) -> str:
     lines = ["| point | checkpoint | train prompts | learning rate | kl_coeff | kl_estimator | held-out acc ± SE (n) | "
-             "mean tokens | KL (seq.)² | steps | train s |", "|" + "---|" * 11]
+             "mean tokens | KL (seq.)² | steps | epochs | train s |", "|" + "---|" * 12]
     for point, r in rows.items():
         lines.append(f"| {point} | `{r['ckpt']}` | {r['train_examples']} ({r['train_fraction']:.0%}) | "
                      f"{fmt(r['learning_rate'], '.3g')} | {fmt(r['kl_coeff'], 'g')} | {fmt(r['kl_estimator'])} | "
                      f"{with_se(r['held_out_accuracy'], r['held_out_se'], r['held_out_n'])} | "
                      f"{r['mean_completion_tokens']:.2f} | {fmt(r['kl_sequence_last'], '.4f')} | {fmt(r['steps'])} | "
-                     f"{fmt(r['train_seconds'], '.1f')} |")
+                     f"{fmt(r.get('epochs'), 'g')} | {fmt(r['train_seconds'], '.1f')} |")
     return "\n".join(lines)
 
 

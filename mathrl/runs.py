@@ -3,9 +3,12 @@ and the plots loop over (mathrl/claims.py names the runs each claim compares).
 
 Each entry says what the run is (its description in the report), which script trains it (None: nothing is
 trained) and which entry's checkpoint it starts from (None: the base model). "warm_start" is not trained: it is
-the SFT run's step_<warm_start_steps>/ checkpoint, the head-to-head's shared starting point. "grpo_length" runs
-only when the config's grpo_length_reward_weight is above 0 (configs/smollm2.yaml: a chat model with verbose
-answers for the length term to shorten); `planned` gives the entries a config runs.
+the SFT run's step_<warm_start_steps>/ checkpoint, the head-to-head's shared starting point. Two entries are
+optional, each run only when its config key is above 0, both with the two-stage recipe's cosine length term:
+"grpo_length" (grpo_length_reward_weight: GRPO from a verbose base, configs/smollm2.yaml) and "sft_grpo_length"
+(sft_grpo_length_reward_weight: the recipe itself, GRPO after SFT on worked answers, configs/tiny_reasoning.yaml);
+the plain grpo / sft_grpo runs are the same GRPO without the length term. `planned` gives the entries a config
+runs.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ RUNS = (
     RunSpec("h2h_sft", "warm start + SFT for head_to_head_seconds", SFT_SCRIPT, "warm_start"),
     RunSpec("h2h_grpo", "warm start + GRPO for head_to_head_seconds", GRPO_SCRIPT, "warm_start"),
     RunSpec("grpo_length", "GRPO from the base model with the two-stage recipe's length term", GRPO_SCRIPT, None),
+    RunSpec("sft_grpo_length", "GRPO from sft/final with the two-stage recipe's length term", GRPO_SCRIPT, "sft"),
 )
-OPTIONAL = {"grpo_length": "grpo_length_reward_weight"}  # entry -> the config key that turns it on (when > 0)
+# entry -> the config key (compare:) that turns it on when > 0, and is the length_reward_weight it trains with
+OPTIONAL = {"grpo_length": "grpo_length_reward_weight", "sft_grpo_length": "sft_grpo_length_reward_weight"}
 BY_NAME = {spec.name: spec for spec in RUNS}
 
 

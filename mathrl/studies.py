@@ -1,4 +1,4 @@
-"""compare.py's opt-in studies (`--studies data_efficiency,sensitivity,kl_estimator`): the one list of what each
+"""compare.py's opt-in studies (`--studies data_efficiency,sensitivity,kl_estimator,extended_sft`): the one list of what each
 study runs. Planning (compare.py), the verdicts (mathrl/claims.py) and the report sections (mathrl/report.py) loop
 over it.
 
@@ -13,6 +13,10 @@ mathrl/runs.py in one or two settings:
       runs.
   kl_estimator (paper 3.3.4): GRPO from sft/final (like sft_grpo) with the paper's KL, kl_estimator
       squared_sequence, beside the main sft_grpo run and its configured per-token estimator.
+  extended_sft (the two-stage recipe's first finding, "extending SFT is what lifts accuracy"): SFT from the base
+      model for 1/10 and 3/10 of the main SFT run's optimizer steps, each a whole run with the same schedule
+      shrunk to fit (warmup_steps times the same share, its own cosine decay); the full budget is the main sft run. configs/tiny_reasoning.yaml's SFT runs 10 epochs, so these are its 1, 3
+      and 10 epochs.
 
 Each point's run lives in OUTPUT_DIR/studies/<study>/<point>/, except a point that is a main run (`main_run`): it
 is that run, reused. With compare's study_step_fraction below 1 every point (those too) is run in the study's
@@ -32,6 +36,7 @@ from mathrl.runs import GRPO_SCRIPT, SFT_SCRIPT
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 DATA_FRACTIONS = (0.1, 0.3, 1.0)
+SFT_STEP_SHARES = (0.1, 0.3, 1.0)  # extended_sft: shares of the main SFT run's steps (1, 3, 10 of 10 epochs)
 PAPER_KL_ESTIMATOR = "squared_sequence"  # (sum_t log pi - sum_t log ref)^2 per completion: section 3.3.4
 
 
@@ -43,6 +48,7 @@ class Point:
     script: str
     starts_from: str | None = None    # a main run whose final/ it starts from; None: the base model
     train_fraction: float = 1.0       # share of the training prompts (train_fraction)
+    step_share: float = 1.0           # share of the main run's optimizer steps
     lr_factor: float = 1.0            # times the script's configured learning_rate
     kl_off: bool = False              # kl_coeff 0 instead of the configured one (GRPO)
     kl_estimator: str | None = None   # None: the configured kl_estimator (GRPO)
@@ -59,6 +65,11 @@ class Study:
 
 def lr_name(factor: float) -> str:
     return "third" if factor < 1 else f"x{factor:g}"
+
+
+def steps_name(share: float) -> str:
+    """extended_sft's point names: sft_steps_10pct, sft_steps_30pct, sft_steps_100pct."""
+    return f"sft_steps_{share:.0%}".replace("%", "pct")
 
 
 STUDIES = (
@@ -78,6 +89,10 @@ STUDIES = (
           (Point("sft_grpo", "grpo", GRPO_SCRIPT, starts_from="sft", main_run="sft_grpo"),
            Point(f"sft_grpo_{PAPER_KL_ESTIMATOR}", "grpo", GRPO_SCRIPT, starts_from="sft",
                  kl_estimator=PAPER_KL_ESTIMATOR))),
+    Study("extended_sft", "two-stage recipe", "Extending SFT lifts held-out accuracy: more epochs of SFT from the "
+          "same base are more accurate",
+          tuple(Point(steps_name(share), "sft", SFT_SCRIPT, step_share=share, main_run="sft" if share == 1.0 else None)
+                for share in SFT_STEP_SHARES)),
 )
 BY_NAME = {study.name: study for study in STUDIES}
 
@@ -96,9 +111,10 @@ def reused(point: Point, step_fraction: float) -> bool:
     return point.main_run is not None and step_fraction >= 1.0
 
 
-def step_budget(total_steps: int, step_fraction: float) -> int:
-    """A study run's optimizer steps: the main run's, times study_step_fraction (at least 1)."""
-    return max(1, round(total_steps * step_fraction))
+def step_budget(total_steps: int, step_fraction: float, step_share: float = 1.0) -> int:
+    """A study run's optimizer steps: the main run's, times study_step_fraction and the point's own step_share (at
+    least 1)."""
+    return max(1, round(total_steps * step_fraction * step_share))
 
 
 def point_settings(point: Point, section: dict, total_steps: int, step_fraction: float) -> dict:
@@ -108,7 +124,9 @@ def point_settings(point: Point, section: dict, total_steps: int, step_fraction:
     the main run's optimizer steps for that script. SFT always gets max_steps, so a run on a smaller share of the
     data takes as many steps as the main run (not as many epochs)."""
     steps_key = "max_steps" if point.script == SFT_SCRIPT else "num_train_steps"
-    settings = {steps_key: step_budget(total_steps, step_fraction)}
+    settings = {steps_key: step_budget(total_steps, step_fraction, point.step_share)}
+    if point.step_share != 1.0:  # a shorter run of the same schedule: its warmup shrinks with it
+        settings["warmup_steps"] = round(section["warmup_steps"] * point.step_share)
     if point.train_fraction != 1.0:
         settings["train_fraction"] = point.train_fraction
     if point.lr_factor != 1.0:

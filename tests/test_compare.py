@@ -346,6 +346,23 @@ def test_two_stage_from_a_verbose_base_with_and_without_the_length_term():
     assert len(two_stage_comparisons(runs)) == 1
 
 
+def test_two_stage_as_the_recipe_writes_it_with_and_without_the_length_term():
+    # The tiny_reasoning shape: SFT on worked answers of 90 tokens at 0.60; GRPO after it with the length term answers
+    # in 40 tokens at 0.58 (within 2 SE: kept), the same GRPO without it in 88 tokens (no change beyond noise).
+    runs = {"base": fake_run(0.02, tokens=[5] * 100), "sft": fake_run(0.60, tokens=[90] * 100),
+            "sft_grpo": fake_run(0.62, tokens=[88] * 50 + [89] * 50),
+            "sft_grpo_length": fake_run(0.58, tokens=[40] * 100)}
+    comparisons = two_stage_comparisons(runs)
+    assert [c["runs"] for c in comparisons] == ["sft_grpo_length vs sft", "sft_grpo vs sft"]
+    assert [c["verdict"] for c in comparisons] == [SUPPORTED, SUPPORTED]  # 88.5 vs 90 tokens: shorter beyond 2 SE
+    assert comparisons[0]["length_difference"] == pytest.approx(-50.0)
+    runs["sft_grpo"] = fake_run(0.62, tokens=[90] * 99 + [91])
+    assert [c["verdict"] for c in two_stage_comparisons(runs)] == [SUPPORTED, INCONCLUSIVE]
+    # Shorter but less accurate beyond 2 SE: the recipe's claim fails.
+    runs["sft_grpo_length"] = fake_run(0.40, tokens=[40] * 100)
+    assert two_stage_comparisons(runs)[0]["verdict"] == CONTRADICTED
+
+
 def test_check_claims_needs_no_hard_coded_answer(experiment):
     """Flipping the head-to-head accuracies flips claim (f): the verdict follows the numbers."""
     from mathrl.report import load_run
@@ -363,9 +380,10 @@ def test_check_claims_needs_no_hard_coded_answer(experiment):
         assert f["comparisons"][0]["verdict"] == expected
 
 
-def test_grpo_length_run_is_planned_only_when_its_weight_is_set():
+def test_length_runs_are_planned_only_when_their_weights_are_set():
     """The tiny experiment's runs are unchanged; configs/smollm2.yaml's weight adds GRPO from the base model with
-    the length term, passed to train_grpo.py as length_reward_weight."""
+    the length term, configs/tiny_reasoning.yaml's GRPO from sft/final with it, each passed to train_grpo.py as
+    length_reward_weight."""
     from compare import plan_runs
     from mathrl.config import resolve_config
 
@@ -379,6 +397,15 @@ def test_grpo_length_run_is_planned_only_when_its_weight_is_set():
     assert length.overrides == ["--length_reward_weight", "0.5"]
     smollm2 = resolve_config("compare", str(REPO_ROOT / "configs/smollm2.yaml"))
     assert "grpo_length" in [r.name for r in plan_runs(smollm2, Path("out"))]
+    assert default["sft_grpo_length_reward_weight"] == 0.0
+    runs = {r.name: r for r in plan_runs({**default, "sft_grpo_length_reward_weight": 0.25}, Path("out"))}
+    assert list(runs) == [*(n for n in RUNS if n != "warm_start"), "sft_grpo_length"]
+    recipe = runs["sft_grpo_length"]
+    assert (recipe.script, recipe.section, recipe.upstream) == ("train_grpo.py", "grpo", "sft")
+    assert recipe.init_from == runs["sft_grpo"].init_from == Path("out") / "sft" / "final"
+    assert recipe.overrides == ["--length_reward_weight", "0.25"]
+    reasoning = resolve_config("compare", str(REPO_ROOT / "configs/tiny_reasoning.yaml"))
+    assert [r.name for r in plan_runs(reasoning, Path("out"))][-1] == "sft_grpo_length"
 
 
 # ---------------------------------------------------------------------------------------------------------

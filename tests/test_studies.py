@@ -80,6 +80,23 @@ def test_kl_estimator_plan(tiny):
     assert flags(run) == {"--num_train_steps": str(tiny["grpo_steps"]), "--kl_estimator": "squared_sequence"}
 
 
+def test_extended_sft_plan(tiny):
+    runs = plan(["extended_sft"])
+    # sft_steps_100pct is the main sft run, reused; the others are whole runs of 1/10 and 3/10 of its steps, with the
+    # same schedule shrunk to fit (warmup_steps times the same share).
+    assert list(runs) == ["studies/extended_sft/sft_steps_10pct", "studies/extended_sft/sft_steps_30pct"]
+    warmup = resolve_config("sft", str(REPO_ROOT / TINY_CONFIG))["warmup_steps"]
+    for run, share in zip(runs.values(), (0.1, 0.3)):
+        assert (run.script, run.init_from, run.upstream) == ("train_sft.py", None, None)
+        assert flags(run) == {"--max_steps": str(round(tiny["sft_steps"] * share)),
+                              "--warmup_steps": str(round(warmup * share))}
+    # With a shorter study budget the full point is rerun too, and every point shrinks by the same factor.
+    shorter = plan(["extended_sft"], "--study_step_fraction", "0.5")
+    assert [int(flags(r)["--max_steps"]) for r in shorter.values()] == [
+        round(tiny["sft_steps"] * 0.5 * share) for share in (0.1, 0.3, 1.0)]
+    assert "--warmup_steps" not in flags(shorter["studies/extended_sft/sft_steps_100pct"])
+
+
 def test_a_shorter_study_budget_reruns_the_reference_points(tiny):
     runs = plan(["data_efficiency", "kl_estimator"], "--study_step_fraction", "0.5")
     # The 100 % points and the per-token sft_grpo are no longer the main runs: they run at the study's budget.
@@ -128,8 +145,8 @@ def test_every_reused_point_has_the_main_runs_settings():
     for study in STUDIES:
         for point in study.points:
             if point.main_run:
-                assert (point.train_fraction, point.lr_factor, point.kl_off, point.kl_estimator) == (1.0, 1.0, False,
-                                                                                                   None), point
+                assert (point.train_fraction, point.step_share, point.lr_factor, point.kl_off,
+                        point.kl_estimator) == (1.0, 1.0, 1.0, False, None), point
 
 
 def test_bad_studies_name_is_a_one_line_error(in_process_runner, tmp_path):
@@ -224,3 +241,15 @@ def test_kl_estimator_verdict_follows_the_numbers():
         assert result["verdict"] == expected
         assert result["kl_sequence"] == 0.5 and result["kl_sequence_reference"] is None
         assert "4.00 ± 0.00 vs 3.00 ± 0.00" in result["evidence"]
+
+
+def test_extended_sft_verdict_follows_the_numbers():
+    longest = {**held(0.6, tokens=90), "metrics": [{"step": 230, "epoch": 10.0, "eval_accuracy": 0.6}]}
+    for shorter, expected in ((0.3, SUPPORTED), (0.8, CONTRADICTED), (0.58, INCONCLUSIVE)):
+        points = {"sft_steps_100pct": longest,
+                  "sft_steps_10pct": {**held(shorter, tokens=120), "metrics": [{"step": 23, "epoch": 1.0}]}}
+        result = claims.extended_sft(points, "sft_steps_10pct", "sft_steps_100pct")
+        assert result["verdict"] == expected, result["evidence"]
+        assert result["runs"] == "sft_steps_100pct vs sft_steps_10pct"
+        assert "(10 vs 1 epochs)" in result["evidence"] and "90.00 ± 0.00 vs 120.00 ± 0.00" in result["evidence"]
+        assert result["length_difference"] == -30.0

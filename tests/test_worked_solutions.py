@@ -216,7 +216,7 @@ def test_bad_solutions_are_one_line_errors_naming_the_line(char_tok, tmp_path, r
 @pytest.mark.parametrize("section", ["sft", "grpo", "evaluate", "compare"])
 def test_reasoning_config_resolves_for_every_script(section):
     config = resolve_config(section, REASONING_CONFIG)
-    assert config["sft_target"] == "solution" and config["model_name"] == "builtin:tiny"
+    assert config["sft_target"] == "solution" and config["model_name"] == "builtin:tiny-base"
 
 
 def test_max_completion_length_fits_the_longest_trace_exactly(char_tok, datasets):
