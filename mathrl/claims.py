@@ -25,6 +25,7 @@ from mathrl.diversity import mean_and_se
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 PAPER_COST_RATIO = (3.0, 4.0)  # section 5.3.1: "approximately 3-4x longer than SFT"
+MEMORY_MARGIN = 0.1  # (b2): peak memories within 10 % of each other are "inconclusive" (one measurement each)
 
 
 # ---- statistics -----------------------------------------------------------------------------------------
@@ -182,6 +183,48 @@ def stability(runs: dict) -> dict:
     return comparison("sft vs grpo", result, evidence)
 
 
+def spread_and_se(values: list[float]) -> tuple[float, float]:
+    """The sample std of `values` and its large-sample SE, std / sqrt(2 (n - 1)) (normal data)."""
+    std = statistics.stdev(values)
+    return std, std / math.sqrt(2 * (len(values) - 1))
+
+
+def reward_variance(runs: dict, name: str) -> dict:
+    """(a3) GRPO's reward curve varies more early in training than late (5.1.1: "higher variance initially,
+    stabilizing as the policy learns"): the std of the per-step mean reward over the first third of the run's steps
+    against the last third. SUPPORTED when the early std is larger by more than 2 SE (SE of a std:
+    `spread_and_se`), CONTRADICTED when smaller by that. A per-step mean of 0/1 rewards varies most at 0.5, so a
+    changing accuracy moves it too; the mean rewards of both thirds are given beside it."""
+    rewards = [r["reward_mean"] for r in runs[name]["metrics"] if "reward_mean" in r]
+    third = len(rewards) // 3
+    if third < 3:
+        return comparison(f"{name}: first vs last third of its steps", INCONCLUSIVE,
+                          f"{len(rewards)} logged steps, too few to compare thirds")
+    (early, se_early), (late, se_late) = spread_and_se(rewards[:third]), spread_and_se(rewards[-third:])
+    d, se = early - late, math.hypot(se_early, se_late)
+    evidence = (f"std of the per-step mean reward {early:.3f} ± {se_early:.3f} over the first {third} steps vs "
+                f"{late:.3f} ± {se_late:.3f} over the last {third} (mean reward {statistics.fmean(rewards[:third]):.3f}"
+                f" vs {statistics.fmean(rewards[-third:]):.3f})")
+    return comparison(f"{name}: first vs last third of its steps", verdict(d, se), evidence + f"; difference "
+                      f"{d:+.3f} ± {se:.3f}", difference=d, se=se, se_name="SE of a std")
+
+
+def memory(runs: dict, name: str) -> dict:
+    """(b2) GRPO needs more memory than SFT (5.3.2: completions, the reference model, advantages): the training
+    process's peak memory (summary.json peak_memory_mb: peak GPU memory, or peak RSS on CPU) of `name` vs sft.
+    One measurement per run, so no SE: SUPPORTED when GRPO's peak is above SFT's by more than MEMORY_MARGIN of
+    SFT's, CONTRADICTED when below by that. On CPU the RSS includes the Python/torch runtime (~0.5 GB), the same in
+    both."""
+    grpo, sft = runs[name]["summary"], runs["sft"]["summary"]
+    ratio = grpo["peak_memory_mb"] / sft["peak_memory_mb"]
+    result = (SUPPORTED if ratio > 1 + MEMORY_MARGIN else CONTRADICTED if ratio < 1 - MEMORY_MARGIN
+              else INCONCLUSIVE)
+    kind = "process peak RSS on CPU" if grpo.get("device", "cpu") == "cpu" else "peak GPU memory"
+    evidence = (f"peak memory {grpo['peak_memory_mb']:.0f} vs {sft['peak_memory_mb']:.0f} MB ({kind}): {ratio:.2f}x "
+                f"(within ±{MEMORY_MARGIN:.0%}: inconclusive)")
+    return comparison(f"{name} vs sft", result, evidence, memory_ratio=ratio)
+
+
 def cost(runs: dict) -> dict:
     """(b) GRPO's training takes 3-4x SFT's (section 5.3.1): total training time of grpo vs sft."""
     sft, grpo = runs["sft"]["summary"], runs["grpo"]["summary"]
@@ -297,7 +340,10 @@ def check_claims(runs: dict, convergence_fraction: float) -> list[dict]:
     claims = [
         ("a1", "SFT converges faster than GRPO (5.1.1)", [convergence_speed(runs, convergence_fraction)]),
         ("a2", "SFT trains more stably than GRPO (5.1.2)", [stability(runs)]),
+        ("a3", "GRPO's reward varies more early in training than late (5.1.1)",
+         [reward_variance(runs, "grpo"), reward_variance(runs, "sft_grpo")]),
         ("b", "GRPO's training takes 3-4x SFT's (5.3.1)", [cost(runs)]),
+        ("b2", "GRPO needs more memory than SFT (5.3.2)", [memory(runs, "grpo"), memory(runs, "sft_grpo")]),
         ("c", "GRPO's answers are more diverse (5.2.2)",
          [diversity(runs, "grpo", "sft"), diversity(runs, "sft_grpo", "sft")]),
         ("d", "GRPO generalizes better out of distribution (6.1.2)",
@@ -374,6 +420,10 @@ def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
                     + evidence)
         return comparison(first["runs"], result, evidence, total_ratio=ratio, per_step_ratio=per_step,
                           used="seed agreement")
+    if all("memory_ratio" in c for c in items):
+        ratio, spread = mean_and_std([c["memory_ratio"] for c in items])
+        return comparison(first["runs"], result, f"peak memory {ratio:.2f}x ± {spread:.2f} (seed std); " + evidence,
+                          memory_ratio=ratio, used="seed agreement")
     return comparison(first["runs"], result, evidence, used="seed agreement")
 
 

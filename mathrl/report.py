@@ -437,7 +437,7 @@ def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> st
         kl_ax.set(title="(sum log pi - sum log ref)^2 per completion (kl_sequence)", xlabel="step")
         kl_ax.legend()
     ax.set(ylabel="held-out greedy accuracy (error bars: 2 SE)", ylim=(-0.02, 1.02))
-    ax.legend()
+    ax.legend(loc="upper left" if name == "extended_sft" else "best")  # clear of the length curve's points
     fig.tight_layout()
     file = f"study_{name}.png"
     fig.savefig(out / file, dpi=110)

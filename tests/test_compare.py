@@ -104,7 +104,8 @@ def test_report_files(experiment):
     for name in RUNS:
         assert f"| {name} | " in report, name
     claim_lines = [line for line in report.splitlines() if line.startswith("- **(")]
-    assert [line.split(")")[0] for line in claim_lines] == [f"- **({i}" for i in ("a1", "a2", "b", "c", "d", "e", "f")]
+    ids = ("a1", "a2", "a3", "b", "b2", "c", "d", "e", "f")
+    assert [line.split(")")[0] for line in claim_lines] == [f"- **({i}" for i in ids]
     for line in claim_lines:
         assert any(f"**{v}**" in line for v in VERDICTS), line
     # The from-scratch GRPO run gets no reward on the micro model: the report says so.
@@ -160,7 +161,7 @@ def test_results_json_matches_each_run(experiment):
 def test_claims_are_computed_from_the_numbers(experiment):
     out = experiment["out"]
     claims = {c["id"]: c for c in results(out)["claims"]}
-    assert list(claims) == ["a1", "a2", "b", "c", "d", "e", "f"]
+    assert list(claims) == ["a1", "a2", "a3", "b", "b2", "c", "d", "e", "f"]
     for claim in claims.values():
         assert claim["comparisons"] and all(x["verdict"] in VERDICTS and x["evidence"] for x in claim["comparisons"])
     cost = claims["b"]["comparisons"][0]
@@ -172,6 +173,38 @@ def test_claims_are_computed_from_the_numbers(experiment):
     if accuracies == {0.0}:
         assert claims["f"]["comparisons"][0]["verdict"] == INCONCLUSIVE
         assert claims["a1"]["comparisons"][0]["verdict"] == INCONCLUSIVE
+
+
+def test_reward_variance_against_hand_computed_stds():
+    from mathrl.claims import reward_variance
+
+    def grpo_run(rewards):
+        return {"grpo": {"metrics": [{"step": i + 1, "reward_mean": r} for i, r in enumerate(rewards)]}}
+
+    # First third 0, 1, 0, 1 (std sqrt(1/3) = 0.577, SE 0.577 / sqrt(6) = 0.236); middle ignored; last third constant
+    # 0.5 (std 0): early minus late 0.577 > 2 x 0.236 = 0.471.
+    noisy_then_flat = [0.0, 1.0, 0.0, 1.0] + [0.3] * 4 + [0.5] * 4
+    result = reward_variance(grpo_run(noisy_then_flat), "grpo")
+    assert result["verdict"] == SUPPORTED
+    assert result["difference"] == pytest.approx(math.sqrt(1 / 3))
+    assert result["se"] == pytest.approx(math.sqrt(1 / 3) / math.sqrt(6))
+    assert reward_variance(grpo_run(noisy_then_flat[::-1]), "grpo")["verdict"] == CONTRADICTED
+    # The same spread early and late: within noise.
+    assert reward_variance(grpo_run([0.2, 0.4] * 6), "grpo")["verdict"] == INCONCLUSIVE
+    # Too few steps for thirds of at least 3.
+    assert reward_variance(grpo_run([0.1] * 8), "grpo")["verdict"] == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("grpo_mb, expected", [(1386, SUPPORTED), (716, CONTRADICTED), (900, INCONCLUSIVE)])
+def test_memory_claim_against_sft_peak(grpo_mb, expected):
+    from mathrl.claims import memory
+
+    runs = {"sft": {"summary": {"peak_memory_mb": 858.0, "device": "cpu"}},
+            "grpo": {"summary": {"peak_memory_mb": grpo_mb, "device": "cpu"}}}
+    result = memory(runs, "grpo")
+    assert result["verdict"] == expected  # 900 / 858 = 1.05: within the 10 % margin
+    assert result["memory_ratio"] == pytest.approx(grpo_mb / 858.0)
+    assert "process peak RSS on CPU" in result["evidence"]
 
 
 def test_warm_start_and_time_budget(experiment):
