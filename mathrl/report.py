@@ -561,7 +561,7 @@ def seeds_markdown(h: dict, rows: dict, claims: list[dict], facts: list[str]) ->
               "of the difference (its sample std over seeds, each seed's run of one method against the same seed's "
               "of the other) and its sampling SE (binomial for accuracies, over prompts for diversity and lengths; "
               "root mean square over seeds). Within 2 of it the verdict is \"inconclusive\". A claim that is not a "
-              "difference (convergence, stability, cost) holds across seeds only when every seed's verdict agrees "
+              "difference (convergence, stability, cost, memory) holds across seeds only when every seed's verdict agrees "
               "(mathrl/claims.py: seed_aggregate, aggregate_comparison). Each line says what it was judged against.",
               ""]
     for c in claims:
