@@ -40,10 +40,10 @@ larger of the seed std and the sampling SE of its difference (mathrl/claims.py).
 per seed as below; --seeds 1 (the default) is the single-seed layout, and the two layouts never share OUTPUT_DIR.
 
 Studies (opt-in, docs/STUDIES.md): `--studies data_efficiency,sensitivity,kl_estimator,extended_sft` also runs
-those studies (mathrl/studies.py) under OUTPUT_DIR/studies/<study>/<run>/, planned, scheduled, reused, resumed and forced like
-the runs above (their names are studies/<study>/<run>), evaluated greedily, each with its REPORT.md section, plot
-and verdicts and its numbers in results.json. A study point with a main run's settings is that run, reused, unless
-study_step_fraction (compare:) shortens every study run; then it is rerun at that budget.
+those studies (mathrl/studies.py) under OUTPUT_DIR/studies/<study>/<run>/, planned, scheduled, reused, resumed and
+forced like the runs above (their names are studies/<study>/<run>), evaluated greedily, each with its REPORT.md
+section, plot and verdicts and its numbers in results.json. A study point with a main run's settings is that run,
+reused, unless study_step_fraction (compare:) shortens every study run; then it is rerun at that budget.
 
 Reuse: a run whose final/ exists is kept. A run interrupted after saving a step_N/ (train_sft.py and
 train_grpo.py save one on SIGINT / SIGTERM) is resumed from it (--resume_from auto); a run directory with

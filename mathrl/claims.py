@@ -203,8 +203,8 @@ def reward_variance(runs: dict, name: str) -> dict:
     (early, se_early), (late, se_late) = spread_and_se(rewards[:third]), spread_and_se(rewards[-third:])
     d, se = early - late, math.hypot(se_early, se_late)
     evidence = (f"std of the per-step mean reward {early:.3f} ± {se_early:.3f} over the first {third} steps vs "
-                f"{late:.3f} ± {se_late:.3f} over the last {third} (mean reward {statistics.fmean(rewards[:third]):.3f}"
-                f" vs {statistics.fmean(rewards[-third:]):.3f})")
+                f"{late:.3f} ± {se_late:.3f} over the last {third} (mean reward "
+                f"{statistics.fmean(rewards[:third]):.3f} vs {statistics.fmean(rewards[-third:]):.3f})")
     return comparison(f"{name}: first vs last third of its steps", verdict(d, se), evidence + f"; difference "
                       f"{d:+.3f} ± {se:.3f}", difference=d, se=se, se_name="SE of a std")
 

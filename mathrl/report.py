@@ -364,7 +364,8 @@ def study_row(point: str, run: dict, config: dict) -> dict:
         "held_out_se": binomial_se(held["accuracy"], held["num_examples"]),
         "mean_completion_tokens": held["mean_completion_tokens"],
         "kl_sequence_last": last_mean(run["metrics"], "kl_sequence"),
-        "steps": s.get("step"), "epochs": judge.epochs_trained(run["metrics"]), "train_seconds": s.get("train_seconds"),
+        "steps": s.get("step"), "epochs": judge.epochs_trained(run["metrics"]),
+        "train_seconds": s.get("train_seconds"),
     }
 
 
@@ -469,7 +470,7 @@ def study_table(rows: dict) -> str:
                      f"{fmt(r['learning_rate'], '.3g')} | {fmt(r['kl_coeff'], 'g')} | {fmt(r['kl_estimator'])} | "
                      f"{with_se(r['held_out_accuracy'], r['held_out_se'], r['held_out_n'])} | "
                      f"{r['mean_completion_tokens']:.2f} | {fmt(r['kl_sequence_last'], '.4f')} | {fmt(r['steps'])} | "
-                     f"{fmt(r.get('epochs'), 'g')} | {fmt(r['train_seconds'], '.1f')} |")
+                     f"{fmt(r['epochs'], 'g')} | {fmt(r['train_seconds'], '.1f')} |")
     return "\n".join(lines)
 
 
@@ -561,8 +562,9 @@ def seeds_markdown(h: dict, rows: dict, claims: list[dict], facts: list[str]) ->
               "of the difference (its sample std over seeds, each seed's run of one method against the same seed's "
               "of the other) and its sampling SE (binomial for accuracies, over prompts for diversity and lengths; "
               "root mean square over seeds). Within 2 of it the verdict is \"inconclusive\". A claim that is not a "
-              "difference (convergence, stability, cost, memory) holds across seeds only when every seed's verdict agrees "
-              "(mathrl/claims.py: seed_aggregate, aggregate_comparison). Each line says what it was judged against.",
+              "difference (convergence, stability, cost, memory) holds across seeds only when every seed's verdict "
+              "agrees (mathrl/claims.py: seed_aggregate, aggregate_comparison). Each line says what it was judged "
+              "against.",
               ""]
     for c in claims:
         parts = [f"{x['runs']}: **{x['verdict']}**, judged against the {x['used']} ({x['evidence']})"

@@ -1,6 +1,6 @@
-"""compare.py's opt-in studies (`--studies data_efficiency,sensitivity,kl_estimator,extended_sft`): the one list of what each
-study runs. Planning (compare.py), the verdicts (mathrl/claims.py) and the report sections (mathrl/report.py) loop
-over it.
+"""compare.py's opt-in studies (`--studies data_efficiency,sensitivity,kl_estimator,extended_sft`): the one list
+of what each study runs. Planning (compare.py), the verdicts (mathrl/claims.py) and the report sections
+(mathrl/report.py) loop over it.
 
 A study is a set of points, each one run of train_sft.py or train_grpo.py that departs from a main run of
 mathrl/runs.py in one or two settings:
@@ -15,8 +15,8 @@ mathrl/runs.py in one or two settings:
       squared_sequence, beside the main sft_grpo run and its configured per-token estimator.
   extended_sft (the two-stage recipe's first finding, "extending SFT is what lifts accuracy"): SFT from the base
       model for 1/10 and 3/10 of the main SFT run's optimizer steps, each a whole run with the same schedule
-      shrunk to fit (warmup_steps times the same share, its own cosine decay); the full budget is the main sft run. configs/tiny_reasoning.yaml's SFT runs 10 epochs, so these are its 1, 3
-      and 10 epochs.
+      shrunk to fit (warmup_steps times the same share, its own cosine decay); the full budget is the main sft
+      run. configs/tiny_reasoning.yaml's SFT runs 10 epochs, so these are its 1, 3 and 10 epochs.
 
 Each point's run lives in OUTPUT_DIR/studies/<study>/<point>/, except a point that is a main run (`main_run`): it
 is that run, reused. With compare's study_step_fraction below 1 every point (those too) is run in the study's
