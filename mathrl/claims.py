@@ -77,6 +77,11 @@ def seed_aggregate(differences: list[float], ses: list[float]) -> dict:
             "used": used, "verdict": verdict(mean, uncertainty)}
 
 
+def result_difference(a: dict, b: dict) -> tuple[float, float]:
+    """`accuracy_difference` of two evaluation results (evaluate.py's held_out or ood entry): a minus b, its SE."""
+    return accuracy_difference(a["accuracy"], a["num_examples"], b["accuracy"], b["num_examples"])
+
+
 def mean_tokens_and_se(result: dict) -> tuple[float, float]:
     return mean_and_se([p["num_tokens"] for p in result["predictions"]])
 
@@ -93,8 +98,7 @@ def eval_curve(run: dict) -> list[tuple[int, float, float]]:
 
 def learned(run: dict, base: dict) -> bool:
     """Held-out accuracy above the untrained model's by more than 2 SE."""
-    a, b = run["held_out"], base["held_out"]
-    d, se = accuracy_difference(a["accuracy"], a["num_examples"], b["accuracy"], b["num_examples"])
+    d, se = result_difference(run["held_out"], base["held_out"])
     return d > 2 * se
 
 
@@ -219,10 +223,14 @@ def memory(runs: dict, name: str) -> dict:
     ratio = grpo["peak_memory_mb"] / sft["peak_memory_mb"]
     result = (SUPPORTED if ratio > 1 + MEMORY_MARGIN else CONTRADICTED if ratio < 1 - MEMORY_MARGIN
               else INCONCLUSIVE)
-    kind = "process peak RSS on CPU" if grpo.get("device", "cpu") == "cpu" else "peak GPU memory"
-    evidence = (f"peak memory {grpo['peak_memory_mb']:.0f} vs {sft['peak_memory_mb']:.0f} MB ({kind}): {ratio:.2f}x "
-                f"(within ±{MEMORY_MARGIN:.0%}: inconclusive)")
+    evidence = (f"peak memory {grpo['peak_memory_mb']:.0f} vs {sft['peak_memory_mb']:.0f} MB ({memory_kind(grpo)}): "
+                f"{ratio:.2f}x (within ±{MEMORY_MARGIN:.0%}: inconclusive)")
     return comparison(f"{name} vs sft", result, evidence, memory_ratio=ratio)
+
+
+def memory_kind(summary: dict) -> str:
+    """What summary.json's peak_memory_mb measured on the run's device."""
+    return "process peak RSS on CPU" if summary.get("device", "cpu") == "cpu" else "peak GPU memory"
 
 
 def cost(runs: dict) -> dict:
@@ -232,10 +240,10 @@ def cost(runs: dict) -> dict:
     per_step = (grpo["train_seconds"] / grpo["step"]) / (sft["train_seconds"] / sft["step"])
     low, high = PAPER_COST_RATIO
     result = SUPPORTED if low <= total <= high else CONTRADICTED
-    memory = "process peak RSS on CPU" if grpo.get("device", "cpu") == "cpu" else "peak GPU memory"
     evidence = (f"GRPO {grpo['train_seconds']:.1f} s for {grpo['step']} steps vs SFT {sft['train_seconds']:.1f} s "
                 f"for {sft['step']} steps: {total:.2f}x in total, {per_step:.2f}x per step (paper: {low:g}-{high:g}x "
-                f"in total); peak memory {grpo['peak_memory_mb']:.0f} vs {sft['peak_memory_mb']:.0f} MB ({memory})")
+                f"in total); peak memory {grpo['peak_memory_mb']:.0f} vs {sft['peak_memory_mb']:.0f} MB "
+                f"({memory_kind(grpo)})")
     if "sft_grpo" in runs:
         extra = runs["sft_grpo"]["summary"]["train_seconds"] / sft["train_seconds"]
         evidence += f"; the GRPO stage of SFT -> GRPO adds {extra:.2f}x SFT's time"
@@ -264,7 +272,7 @@ def ood_generalization(runs: dict, a: str, b: str) -> dict:
     ra, rb = runs[a]["ood"], runs[b]["ood"]
     if ra is None or rb is None:
         return comparison(f"{a} vs {b}", INCONCLUSIVE, "no out-of-distribution set (ood_eval_file is null)")
-    d, se = accuracy_difference(ra["accuracy"], ra["num_examples"], rb["accuracy"], rb["num_examples"])
+    d, se = result_difference(ra, rb)
     gap = {name: runs[name]["held_out"]["accuracy"] - runs[name]["ood"]["accuracy"] for name in (a, b)}
     evidence = (f"OOD accuracy {acc(ra)} vs {acc(rb)} (n={ra['num_examples']}); held-out minus OOD: "
                 f"{gap[a]:+.3f} vs {gap[b]:+.3f}")
@@ -276,8 +284,7 @@ def two_stage(runs: dict, after_name: str = "sft_grpo", before_name: str = "sft"
     two-stage recipe's finding (GRPO after SFT), or, with after_name "grpo_length" / "grpo" and before_name "base",
     the same question for GRPO from a verbose base model with and without the recipe's length term."""
     after, before = runs[after_name]["held_out"], runs[before_name]["held_out"]
-    d_acc, se_acc = accuracy_difference(after["accuracy"], after["num_examples"],
-                                        before["accuracy"], before["num_examples"])
+    d_acc, se_acc = result_difference(after, before)
     (len_after, se_after), (len_before, se_before) = mean_tokens_and_se(after), mean_tokens_and_se(before)
     d_len, se_len = len_after - len_before, math.hypot(se_after, se_before)
     # An untrained base that is sometimes right has accuracy to keep; an SFT run only if it learned something.
@@ -320,8 +327,7 @@ def two_stage_verdict(d_acc: float, u_acc: float, d_len: float, u_len: float, ac
 def head_to_head(runs: dict) -> dict:
     """(f) From one warm start and for the same training time, more SFT buys more accuracy than GRPO."""
     s, g, w = runs["h2h_sft"], runs["h2h_grpo"], runs["warm_start"]["held_out"]
-    d, se = accuracy_difference(s["held_out"]["accuracy"], s["held_out"]["num_examples"],
-                                g["held_out"]["accuracy"], g["held_out"]["num_examples"])
+    d, se = result_difference(s["held_out"], g["held_out"])
     parts = []
     for name, run in (("SFT", s), ("GRPO", g)):
         sm = run["summary"]
@@ -546,8 +552,7 @@ def kl_estimator(points: dict, paper: str) -> dict:
     2 SE), with mean completion tokens and the comparable KL measure (kl_sequence, the squared sequence log-ratio
     whatever the estimator, mean of the last 10 logged steps) as evidence."""
     a, b = points[paper], points["sft_grpo"]
-    d, se = accuracy_difference(a["held_out"]["accuracy"], a["held_out"]["num_examples"],
-                                b["held_out"]["accuracy"], b["held_out"]["num_examples"])
+    d, se = result_difference(a["held_out"], b["held_out"])
     (len_a, se_a), (len_b, se_b) = mean_tokens_and_se(a["held_out"]), mean_tokens_and_se(b["held_out"])
     kls = [last_mean(r["metrics"], "kl_sequence") for r in (a, b)]
     kl_text = " vs ".join("-" if k is None else f"{k:.4f}" for k in kls)
@@ -564,12 +569,10 @@ def extended_sft(points: dict, shorter: str, longest: str) -> dict:
     longer run's held-out accuracy is higher by more than 2 SE, CONTRADICTED when lower by that; mean completion
     tokens (and the epochs each trained, when logged) as evidence."""
     a, b = points[longest], points[shorter]
-    d, se = accuracy_difference(a["held_out"]["accuracy"], a["held_out"]["num_examples"],
-                                b["held_out"]["accuracy"], b["held_out"]["num_examples"])
+    d, se = result_difference(a["held_out"], b["held_out"])
     (len_a, se_a), (len_b, se_b) = mean_tokens_and_se(a["held_out"]), mean_tokens_and_se(b["held_out"])
     epochs = [epochs_trained(r["metrics"]) for r in (a, b)]
-    trained = (f" ({' vs '.join('?' if e is None else f'{e:g}' for e in epochs)} epochs)"
-               if any(e is not None for e in epochs) else "")
+    trained = f" ({epochs[0]:g} vs {epochs[1]:g} epochs)" if None not in epochs else ""
     evidence = (f"held-out accuracy {acc(a['held_out'])} vs {acc(b['held_out'])}{trained}; mean completion tokens "
                 f"{len_a:.2f} ± {se_a:.2f} vs {len_b:.2f} ± {se_b:.2f}")
     return comparison(f"{longest} vs {shorter}", verdict(d, se), evidence, difference=d, se=se,

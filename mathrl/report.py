@@ -404,10 +404,9 @@ def study_plot(out: Path, name: str, rows: dict, base: dict, points: dict) -> st
         ax.minorticks_off()  # only the points' own ticks on the log axis
     elif name == "extended_sft":
         names = [steps_name(share) for share in SFT_STEP_SHARES]
-        xs = [rows[n]["epochs"] if rows[n]["epochs"] is not None else rows[n]["steps"] for n in names]
+        xs = [rows[n]["epochs"] for n in names]  # train_sft.py logs "epoch" with every record
         with_error(ax, xs, names, "sft")
-        unit = "epochs" if all(rows[n]["epochs"] is not None for n in names) else "optimizer steps"
-        ax.set(xscale="log", xlabel=f"SFT {unit} (log scale)", xticks=xs, xticklabels=[f"{x:g}" for x in xs],
+        ax.set(xscale="log", xlabel="SFT epochs (log scale)", xticks=xs, xticklabels=[f"{x:g}" for x in xs],
                title="Held-out accuracy and answer length vs SFT length")
         ax.minorticks_off()
         tokens_ax = ax.twinx()
