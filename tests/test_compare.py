@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from mathrl.data import read_jsonl
 from mathrl.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, accuracy_difference, check_claims,
-                           convergence_speed, two_stage, two_stage_comparisons, verdict)
+                           convergence_speed, notes, two_stage, two_stage_comparisons, verdict)
 from mathrl.data import has_trained_twin, load_jsonl, write_jsonl
 from mathrl.diversity import diversity_metrics
 from test_resume import signal_at_step
@@ -344,6 +344,24 @@ def fake_run(accuracy: float, n: int = 100, curve=(), tokens=None, diversity=Non
 def test_convergence_speed(sft_curve, grpo_curve, expected):
     runs = {"base": fake_run(0.05), "sft": fake_run(0.8, curve=sft_curve), "grpo": fake_run(0.3, curve=grpo_curve)}
     assert convergence_speed(runs, 0.9)["verdict"] == expected
+
+
+def test_note_on_grpo_from_the_base_says_why_it_did_not_learn():
+    def runs_with(zero_std_fractions):
+        grpo = fake_run(0.06)
+        grpo["metrics"] = [{"step": i, "reward_mean": 0.25, "zero_std_group_fraction": z}
+                           for i, z in enumerate(zero_std_fractions)]
+        return {"base": fake_run(0.05), "grpo": grpo}
+
+    (no_gradient,) = notes(runs_with([0.9, 0.8]))
+    assert "mean reward was 0.250" in no_gradient and "85% of its groups had the same reward" in no_gradient
+    assert "no gradient" in no_gradient
+    (few_right,) = notes(runs_with([0.4, 0.3]))  # a base that is sometimes right: 65% of groups mixed
+    assert "65% of its groups had mixed rewards" in few_right and "no gradient" not in few_right
+    # A GRPO run that did learn gets no note.
+    learning = runs_with([0.4])
+    learning["grpo"]["held_out"]["accuracy"] = 0.5
+    assert notes(learning) == []
 
 
 @pytest.mark.parametrize("after_accuracy, after_tokens, expected", [

@@ -63,6 +63,7 @@ def fast_pretraining(monkeypatch, tmp_path):
     monkeypatch.setattr(modeling, "BUILTIN_DIR", tmp_path)
     monkeypatch.setitem(tiny_base.PRETRAINING, "steps", 2)
     monkeypatch.setitem(tiny_base.PRETRAINING, "warmup_steps", 1)
+    monkeypatch.setitem(tiny_base.PRETRAINING, "threads", 1)  # beside the other pytest worker
     calls = []
     real = tiny_base.pretrain
 
