@@ -373,8 +373,8 @@ def notes(runs: dict) -> list[str]:
             why = (f"on average {zero:.0%} of its groups had the same reward for every completion, which gives zero "
                    f"advantage and no gradient. GRPO needs a model that is already sometimes right")
         else:  # a base that is sometimes right: most groups do carry a gradient
-            why = (f"yet {1 - zero:.0%} of its groups had mixed rewards, so the gradient was there: the base's few right "
-                   f"answers were not enough to sharpen in this budget")
+            why = (f"yet {1 - zero:.0%} of its groups had mixed rewards, so the gradient was there: the base's few "
+                   f"right answers were not enough to sharpen in this budget")
         out.append(f"GRPO from the base model did not rise above the untrained model (held-out "
                    f"{acc(grpo['held_out'])} vs {acc(runs['base']['held_out'])}): its mean reward was {reward:.3f} "
                    f"and {why}; compare sft_grpo.")
