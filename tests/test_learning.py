@@ -30,6 +30,13 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def mean_reward_rises(grpo_run) -> bool:
+    """The GRPO run's mean reward over its last fifth of steps is above that over its first fifth."""
+    rewards = [line["reward_mean"] for line in read_jsonl(grpo_run / "metrics.jsonl") if "reward_mean" in line]
+    fifth = max(1, len(rewards) // 5)
+    return sum(rewards[-fifth:]) / fifth > sum(rewards[:fifth]) / fifth
+
+
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     """The README's SFT command, also keeping the step_600/ checkpoint (saving does not change training)."""
@@ -60,9 +67,7 @@ def test_grpo_from_under_trained_sft_raises_reward_and_held_out_accuracy(sft_run
     assert returncode == 0, stderr[-2000:]
     after = json.loads((grpo / "final" / "summary.json").read_text())["final_eval_accuracy"]
     assert after - before >= GRPO_MIN_GAIN, f"held-out accuracy {before:.3f} -> {after:.3f}"
-    rewards = [line["reward_mean"] for line in read_jsonl(grpo / "metrics.jsonl") if "reward_mean" in line]
-    fifth = max(1, len(rewards) // 5)
-    assert sum(rewards[-fifth:]) / fifth > sum(rewards[:fifth]) / fifth
+    assert mean_reward_rises(grpo)
 
 
 def base_held_out_accuracy() -> float:
@@ -90,6 +95,4 @@ def test_grpo_from_the_pretrained_base_raises_reward_and_held_out_accuracy(tmp_p
     assert returncode == 0, stderr[-2000:]
     after = json.loads((grpo / "final" / "summary.json").read_text())["final_eval_accuracy"]
     assert after > before, f"held-out accuracy {before:.3f} -> {after:.3f}"
-    rewards = [line["reward_mean"] for line in read_jsonl(grpo / "metrics.jsonl") if "reward_mean" in line]
-    fifth = max(1, len(rewards) // 5)
-    assert sum(rewards[-fifth:]) / fifth > sum(rewards[:fifth]) / fifth
+    assert mean_reward_rises(grpo)
