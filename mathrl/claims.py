@@ -393,6 +393,15 @@ def with_spreads(name: str, agg: dict, sampling_name: str) -> str:
     return f"{name} {agg['mean']:+.3f} (seed std {agg['seed_std']:.3f}, {sampling_name} {agg['sampling_se']:.3f})"
 
 
+# The ratios a verdict-by-agreement comparison carries ((b) cost, (b2) memory): averaged over the seeds into its
+# evidence, in this order and wording.
+AGREEMENT_RATIOS = {
+    "total_ratio": "GRPO / SFT training time {mean:.2f}x ± {std:.2f} (seed std)",
+    "per_step_ratio": "{mean:.2f}x per step",
+    "memory_ratio": "peak memory {mean:.2f}x ± {std:.2f} (seed std)",
+}
+
+
 def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
     """One comparison of a claim, judged from every seed's: a difference by `seed_aggregate`, the two-stage claim
     by its accuracy and length differences so aggregated, any other comparison (a verdict without a difference)
@@ -423,18 +432,12 @@ def aggregate_comparison(per_seed: dict[int, dict]) -> dict:
     agree = len(verdicts) == 1
     result = next(iter(verdicts)) if agree else INCONCLUSIVE
     evidence = f"{seeds}; the seeds {'agree' if agree else 'disagree'}"
-    if all("total_ratio" in c for c in items):
-        ratio, spread = mean_and_std([c["total_ratio"] for c in items])
-        per_step, _ = mean_and_std([c["per_step_ratio"] for c in items])
-        evidence = (f"GRPO / SFT training time {ratio:.2f}x ± {spread:.2f} (seed std), {per_step:.2f}x per step; "
-                    + evidence)
-        return comparison(first["runs"], result, evidence, total_ratio=ratio, per_step_ratio=per_step,
-                          used="seed agreement")
-    if all("memory_ratio" in c for c in items):
-        ratio, spread = mean_and_std([c["memory_ratio"] for c in items])
-        return comparison(first["runs"], result, f"peak memory {ratio:.2f}x ± {spread:.2f} (seed std); " + evidence,
-                          memory_ratio=ratio, used="seed agreement")
-    return comparison(first["runs"], result, evidence, used="seed agreement")
+    ratios = {key: mean_and_std([c[key] for c in items]) for key in AGREEMENT_RATIOS if all(key in c for c in items)}
+    if ratios:
+        shown = ", ".join(AGREEMENT_RATIOS[key].format(mean=mean, std=std) for key, (mean, std) in ratios.items())
+        evidence = f"{shown}; {evidence}"
+    return comparison(first["runs"], result, evidence, **{key: mean for key, (mean, _) in ratios.items()},
+                      used="seed agreement")
 
 
 def aggregate_claims(claims_by_seed: dict[int, list[dict]]) -> list[dict]:

@@ -84,7 +84,11 @@ def test_aggregate_comparison_without_a_difference_needs_every_seed_to_agree():
     cost = aggregate_comparison({42: comparison(CONTRADICTED, total_ratio=1.5, per_step_ratio=2.0),
                                  43: comparison(CONTRADICTED, total_ratio=2.5, per_step_ratio=3.0)})
     assert cost["total_ratio"] == pytest.approx(2.0) and cost["per_step_ratio"] == pytest.approx(2.5)
-    assert "2.00x ± 0.71 (seed std)" in cost["evidence"]  # std of 1.5, 2.5 = 0.5 * sqrt(2)
+    assert cost["evidence"].startswith("GRPO / SFT training time 2.00x ± 0.71 (seed std), 2.50x per step; seed 42:")
+    memory = aggregate_comparison({42: comparison(INCONCLUSIVE, memory_ratio=1.0),
+                                   43: comparison(INCONCLUSIVE, memory_ratio=1.2)})
+    assert memory["memory_ratio"] == pytest.approx(1.1) and "total_ratio" not in memory
+    assert memory["evidence"].startswith("peak memory 1.10x ± 0.14 (seed std); seed 42: inconclusive")
 
 
 @pytest.mark.parametrize("length_differences, learned, expected", [
