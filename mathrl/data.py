@@ -199,14 +199,16 @@ def standard_prompt(a: int, op: str, b: int) -> str:
 
 
 # OOD phrasings: (name, template, how each operation is written in it).
-_ASCII = {op: op for op in OPS}
-_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
-_UNICODE = {"+": "+", "-": "-", "*": "×", "/": "÷"}
+# How each operation is written: its ASCII sign, its word and its typeset sign (also used by mathrl/tiny_base.py's
+# pretraining corpus).
+ASCII_SIGNS = {op: op for op in OPS}
+OPERATION_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+TYPESET_SIGNS = {"+": "+", "-": "-", "*": "×", "/": "÷"}
 PHRASINGS = (
-    ("compute", "Compute {a} {op} {b}.", _ASCII),
-    ("calculate", "Calculate {a} {op} {b}.", _ASCII),
-    ("words", "What is {a} {op} {b}?", _WORDS),
-    ("equation", "{a} {op} {b} = ?", _UNICODE),
+    ("compute", "Compute {a} {op} {b}.", ASCII_SIGNS),
+    ("calculate", "Calculate {a} {op} {b}.", ASCII_SIGNS),
+    ("words", "What is {a} {op} {b}?", OPERATION_WORDS),
+    ("equation", "{a} {op} {b} = ?", TYPESET_SIGNS),
 )
 
 

@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from mathrl.data import build_datasets
+from mathrl.data import OPERATION_WORDS, TYPESET_SIGNS, build_datasets
 
 # The pretraining run: fixed, whatever the experiment's `seed` (every seed of compare.py starts from one base, as
 # every arm of the paper starts from the one TinyLlama checkpoint).
@@ -40,9 +40,6 @@ PRETRAINING = {
                                  # with; compare.py builds it before any run starts, so it has both cores
 }
 
-_SYMBOL = {"+": "+", "-": "-", "*": "*", "/": "/"}
-_UNICODE = {"+": "+", "-": "-", "*": "×", "/": "÷"}
-_WORD = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
 _NOUN = {"+": "sum", "-": "difference", "*": "product", "/": "quotient"}
 
 # Surface forms of one fact a op b = c, each ending in the answer (so EOS follows a number, as in the task's
@@ -50,17 +47,17 @@ _NOUN = {"+": "sum", "-": "difference", "*": "product", "/": "quotient"}
 # model learns to carry the operands across text it has not seen with them. None is the task's prompt ("What is
 # a op b? Answer with an integer."), whose instruction sentence never occurs.
 STATEMENTS = (
-    lambda a, op, b, c: f"{a} {_SYMBOL[op]} {b} = {c}",
-    lambda a, op, b, c: f"{a} {_UNICODE[op]} {b} = {c}",
-    lambda a, op, b, c: f"{a} {_WORD[op]} {b} equals {c}",
+    lambda a, op, b, c: f"{a} {op} {b} = {c}",
+    lambda a, op, b, c: f"{a} {TYPESET_SIGNS[op]} {b} = {c}",
+    lambda a, op, b, c: f"{a} {OPERATION_WORDS[op]} {b} equals {c}",
     lambda a, op, b, c: f"The {_NOUN[op]} of {a} and {b} is {c}",
 )
 QUESTIONS = (
-    lambda a, op, b: f"{a} {_SYMBOL[op]} {b}?",
-    lambda a, op, b: f"How much is {a} {_WORD[op]} {b}?",
-    lambda a, op, b: f"Find {a} {_SYMBOL[op]} {b}.",
-    lambda a, op, b: f"Q: {a} {_SYMBOL[op]} {b}?",
-    lambda a, op, b: f"What's {a} {_SYMBOL[op]} {b}?",
+    lambda a, op, b: f"{a} {op} {b}?",
+    lambda a, op, b: f"How much is {a} {OPERATION_WORDS[op]} {b}?",
+    lambda a, op, b: f"Find {a} {op} {b}.",
+    lambda a, op, b: f"Q: {a} {op} {b}?",
+    lambda a, op, b: f"What's {a} {op} {b}?",
 )
 # A remark between question and answer: a sentence of made-up words (random lowercase letters), standing for the
 # varied text a pretrained model has seen between a question and its answer. It teaches the model to carry the
