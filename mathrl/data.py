@@ -198,12 +198,12 @@ def standard_prompt(a: int, op: str, b: int) -> str:
     return f"What is {a} {op} {b}? Answer with an integer."
 
 
-# OOD phrasings: (name, template, how each operation is written in it).
 # How each operation is written: its ASCII sign, its word and its typeset sign (also used by mathrl/tiny_base.py's
 # pretraining corpus).
 ASCII_SIGNS = {op: op for op in OPS}
 OPERATION_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
 TYPESET_SIGNS = {"+": "+", "-": "-", "*": "×", "/": "÷"}
+# OOD phrasings: (name, template, how each operation is written in it).
 PHRASINGS = (
     ("compute", "Compute {a} {op} {b}.", ASCII_SIGNS),
     ("calculate", "Calculate {a} {op} {b}.", ASCII_SIGNS),

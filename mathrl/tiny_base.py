@@ -128,6 +128,16 @@ def document_batches(documents: list[str], batch_size: int, length_pool: int, rn
         yield from rng.sample(batches, len(batches))
 
 
+def pretraining_step(model, tokenizer, documents: list[str], optimizer, max_grad_norm: float) -> torch.Tensor:
+    """One optimizer step of next-token prediction on a batch of documents; returns the loss (detached use only)."""
+    loss = model(**document_batch(tokenizer, documents)).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def pretrain(model, tokenizer, settings: dict = PRETRAINING):
     """Next-token prediction on the corpus for settings["steps"] steps (AdamW, cosine schedule).
 
@@ -146,12 +156,8 @@ def pretrain(model, tokenizer, settings: dict = PRETRAINING):
     batches = document_batches(documents, settings["batch_size"], settings["length_pool"], order)
     progress = tqdm(range(settings["steps"]), desc="pretraining builtin:tiny-base", dynamic_ncols=True)
     for _, batch in zip(progress, batches):
-        loss = model(**document_batch(tokenizer, batch)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings["max_grad_norm"])
-        optimizer.step()
+        loss = pretraining_step(model, tokenizer, batch, optimizer, settings["max_grad_norm"])
         schedule.step()
-        optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     torch.set_num_threads(threads)
